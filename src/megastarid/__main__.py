@@ -1,0 +1,5 @@
+import sys
+
+from megastarid.cli import main
+
+sys.exit(main())
