@@ -1,0 +1,56 @@
+"""Fixtures shared by the whole suite: small real image files written on the fly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep every test on the CPU and light on threads: CI has 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: dataset -> individual -> outing folder -> number of images
+StarLayout = Mapping[str, Mapping[str, Mapping[str, int]]]
+
+
+def write_image(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, mode: str = "RGB") -> Path:
+    """Write a small noisy image whose format follows the file suffix."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    if mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def make_star_tree(root: Path, layout: StarLayout, size: tuple[int, int] = (64, 48)) -> Path:
+    """Write ``ROOT/<DATASET>/<individual>/<outing>/imgN.jpg`` files for the given layout."""
+    seed = 0
+    for dataset, individuals in layout.items():
+        for individual, outings in individuals.items():
+            for outing, count in outings.items():
+                for i in range(count):
+                    write_image(root / dataset / individual / outing / f"img{i}.jpg", size, seed)
+                    seed += 1
+    return root
+
+
+@pytest.fixture
+def star_tree(tmp_path: Path) -> Path:
+    """A tiny star_dataset: 4 identities, dated outings, one single-outing identity."""
+    layout = {
+        "SiteA": {
+            "star1": {"3_23_2024_dock": 2, "4_02_2024_dock": 2, "5_10_2024_reef": 2, "6_01_2024": 1, "7_15_2024": 2},
+            "star2": {"2024-03-23": 2, "2024-05-01": 3},
+            "star3": {"2024-03-23": 3},
+        },
+        "SiteB": {"star1": {"20240101_survey": 2, "20240301_survey": 2}},
+    }
+    return make_star_tree(tmp_path / "stars", layout)
