@@ -1,0 +1,1 @@
+"""Evaluation engine: per-query ranks, CMC@K and mAP, embeddings, re-ranking and report files."""
