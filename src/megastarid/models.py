@@ -1,0 +1,176 @@
+"""The embedding model (timm backbone + BNNeck head) and its checkpoints.
+
+Checkpoints hold only tensors and plain Python types so that they load with ``torch.load(weights_only=True)``:
+a checkpoint file can never run code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megastarid.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+class EmbeddingModel(nn.Module):
+    """Backbone -> pooled features -> linear -> BatchNorm (BNNeck) -> L2-normalised embedding.
+
+    The BNNeck's bias is frozen (as in Luo et al., "Bag of Tricks") so the normalised embedding lives
+    on a sphere centred on the origin, which is what cosine losses and retrieval assume.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, embedding_dim: int = 512) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = nn.Linear(feature_dim, embedding_dim, bias=False)
+        self.bn = nn.BatchNorm1d(embedding_dim)
+        self.bn.bias.requires_grad_(False)
+        nn.init.kaiming_normal_(self.neck.weight, mode="fan_out")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        return F.normalize(self.bn(self.neck(features)).float(), dim=1)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (*self.neck.parameters(), *self.bn.parameters()) if p.requires_grad]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe so an offline machine fails in seconds instead of waiting on HTTP retries."""
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _offline_hint(backbone: str) -> str:
+    if backbone.startswith("hf-hub:"):
+        return (
+            f"--backbone {backbone} needs the Hugging Face hub (or its local cache); offline, use the timm "
+            "architecture name with local weights, e.g. --backbone swin_tiny_patch4_window7_224 "
+            "--backbone-weights FILE"
+        )
+    return (
+        f"--pretrained {backbone}: weights not available offline; pass local weights with "
+        "--backbone-weights FILE (or use --no-pretrained)"
+    )
+
+
+def build_model(
+    backbone: str = "convnext_tiny",
+    embedding_dim: int = 512,
+    pretrained: bool = False,
+    backbone_weights: str | Path | None = None,
+) -> EmbeddingModel:
+    """Create the backbone by timm name with its classifier removed, and put the embedding head on top.
+
+    ``backbone_weights`` loads a local file through timm's ``pretrained_cfg_overlay`` (works offline);
+    ``pretrained`` fetches the published weights. Offline (no network, or ``HF_HUB_OFFLINE=1``) without a
+    cached copy, the user gets one line saying how to pass local weights.
+    """
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if backbone_weights is not None:
+        path = Path(backbone_weights)
+        if not path.is_file():
+            raise UserError(f"--backbone-weights: {path} is not a file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    elif pretrained or backbone.startswith("hf-hub:"):
+        import huggingface_hub.constants as hub
+
+        if not hub.HF_HUB_OFFLINE and not _hub_reachable():
+            hub.HF_HUB_OFFLINE = (
+                True  # use the local cache only: fails at once when the weights are not there
+            )
+        kwargs["pretrained"] = pretrained
+    try:
+        net = timm.create_model(backbone, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise UserError(
+                f"--backbone {backbone}: not a timm model name (see timm.list_models())"
+            ) from None
+        if backbone_weights is not None:
+            raise UserError(
+                f"--backbone-weights {backbone_weights}: does not fit {backbone} "
+                f"({str(err).splitlines()[0][:200]})"
+            ) from None
+        raise
+    except (OSError, ValueError) as err:
+        if backbone_weights is not None:
+            raise UserError(f"--backbone-weights {backbone_weights}: cannot load it ({err})") from None
+        log.debug("weight download failed: %s", err)
+        raise UserError(_offline_hint(backbone)) from None
+    return EmbeddingModel(net, net.num_features, embedding_dim)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], **state: Any) -> None:
+    """Write ``{"model", "config", **state}`` atomically (temp file + rename): no half-written file.
+
+    ``config`` must hold plain types (``TrainConfig.to_dict()``); ``state`` may add epoch, optimizer, RNG ...
+    """
+    _atomic_torch_save({"model": model.state_dict(), "config": config, **state}, Path(path))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; an unreadable file is a one-line ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'corrupt file'})"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a MegaStarID checkpoint (no model/config)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> EmbeddingModel:
+    """Rebuild the architecture named in a loaded checkpoint's config and load its weights."""
+    config = ckpt["config"]
+    model = build_model(config["backbone"], int(config["embedding_dim"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint {path}: weights do not fit {config['backbone']} ({str(err)[:200]})"
+        ) from None
+    return model
+
+
+def load_model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[EmbeddingModel, dict]:
+    """The evaluation entry point: model in eval mode on ``device``, plus the run's resolved config."""
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path).to(device).eval()
+    return model, dict(ckpt["config"])
