@@ -1,0 +1,225 @@
+"""Run the grid: each phase a separate process, one worker per GPU (or one on the default device).
+
+A failing experiment is recorded in its folder (``grid_status.json`` + the phase log) and the
+others carry on. Ctrl-C / SIGTERM stop scheduling, pass one SIGINT to each running phase (which
+saves ``last.pth``) and wait for it, so the same command resumes later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from megastarid.experiments.plan import STATUS_FILE, Experiment, Phase, PhaseState
+from megastarid.experiments.results import format_metrics, star_metrics
+
+log = logging.getLogger(__name__)
+
+LOG_DIR = "logs"
+ERROR_LINES = 5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one experiment ended in this invocation."""
+
+    name: str
+    status: str  # finished | skipped | failed | interrupted
+    seconds: float = 0.0
+    error: str = ""
+
+
+class Processes:
+    """The phase processes running now, so an interrupt can reach each one exactly once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    @contextlib.contextmanager
+    def start(self, command: Sequence[str], log_file) -> Iterator[subprocess.Popen]:
+        with self._lock:
+            if self.stopping.is_set():
+                raise InterruptedError
+            # Own session: a terminal Ctrl-C reaches only the grid, which forwards it once.
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            self._running.add(process)
+        try:
+            yield process
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopping.set()
+            for process in self._running:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGINT)
+
+
+def log_tail(text: str, lines: int = ERROR_LINES) -> str:
+    """The last non-empty lines of a log (progress-bar carriage returns count as line breaks)."""
+    kept = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def write_status(experiment: Experiment, **fields: object) -> None:
+    path = experiment.out_dir / STATUS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processes) -> tuple[int, str]:
+    """Run one phase, appending its stdout and stderr to ``log_path``; returns (exit code, error tail)."""
+    command = phase.command(gpu)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log_file:
+        log_file.write(f"=== {datetime.now(UTC).isoformat(timespec='seconds')} $ {shlex.join(command)}\n")
+        log_file.flush()
+        start = log_file.tell()
+        with processes.start(command, log_file) as process:
+            code = process.wait()
+    with log_path.open(encoding="utf-8", errors="replace") as log_file:
+        log_file.seek(start)
+        return code, log_tail(log_file.read())
+
+
+def run_experiment(
+    experiment: Experiment, gpu: int | None, label: str, processes: Processes
+) -> Outcome:
+    """Run the experiment's unfinished phases in order; the first failure ends it and is recorded."""
+    experiment.out_dir.mkdir(parents=True, exist_ok=True)
+    (experiment.out_dir / STATUS_FILE).unlink(missing_ok=True)
+    started = time.monotonic()
+    for phase in experiment.phases:
+        state = phase.state()
+        if state is PhaseState.FINISHED:
+            continue
+        log_path = experiment.out_dir / LOG_DIR / f"{phase.name}.log"
+        log.info("%s   %s: %s, %d epochs (log %s)", label, phase.name, state.value, phase.epochs, log_path)
+        try:
+            code, tail = run_phase(phase, gpu, log_path, processes)
+        except InterruptedError:
+            return Outcome(experiment.name, "interrupted", time.monotonic() - started)
+        if processes.stopping.is_set():
+            return Outcome(experiment.name, "interrupted", time.monotonic() - started)
+        if code == 0 and phase.state() is not PhaseState.FINISHED:
+            code, tail = 1, f"{phase.name} exited without a finished run in {phase.run_dir}\n{tail}".strip()
+        if code != 0:
+            seconds = time.monotonic() - started
+            write_status(
+                experiment, status="failed", phase=phase.name, returncode=code, error=tail,
+                log=str(log_path), command=shlex.join(phase.command(gpu)), seconds=round(seconds, 1),
+            )
+            return Outcome(experiment.name, "failed", seconds, tail)
+    return Outcome(experiment.name, "finished", time.monotonic() - started)
+
+
+def _announce_end(label: str, experiment: Experiment, outcome: Outcome) -> None:
+    if outcome.status == "finished":
+        metrics = format_metrics(star_metrics(experiment.final_phase.run_dir))
+        log.info("%s finished %s in %.1f s: %s", label, experiment.name, outcome.seconds, metrics)
+    elif outcome.status == "failed":
+        last = outcome.error.splitlines()[-1] if outcome.error else "no output"
+        log.info("%s FAILED %s after %.1f s: %s", label, experiment.name, outcome.seconds, last)
+    else:
+        log.info("%s interrupted %s after %.1f s (rerun to resume)", label, experiment.name, outcome.seconds)
+
+
+def _worker(
+    queue: Sequence[tuple[str, Experiment]],
+    gpu: int | None,
+    device: str,
+    processes: Processes,
+    outcomes: dict[str, Outcome],
+) -> None:
+    for label, experiment in queue:
+        if processes.stopping.is_set():
+            return
+        log.info("%s start %s on %s", label, experiment.name, device)
+        try:
+            outcome = run_experiment(experiment, gpu, label, processes)
+        except OSError as err:  # e.g. the output folder cannot be written: record it, go on
+            outcome = Outcome(experiment.name, "failed", error=f"{type(err).__name__}: {err}")
+            with contextlib.suppress(OSError):
+                write_status(experiment, status="failed", phase="", returncode=None, error=outcome.error)
+        outcomes[experiment.name] = outcome
+        _announce_end(label, experiment, outcome)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster pre-emption) is handled like Ctrl-C, so running phases save and stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_grid(
+    experiments: Sequence[Experiment],
+    assignment: Mapping[str, int | None],
+    slots: Sequence[int | None],
+    default_device: str,
+) -> dict[str, Outcome]:
+    """Run every unfinished experiment on its assigned slot; slots run side by side.
+
+    Raises KeyboardInterrupt after the running phases have saved and stopped.
+    """
+    total = len(experiments)
+    outcomes: dict[str, Outcome] = {}
+    queues: dict[int | None, list[tuple[str, Experiment]]] = {slot: [] for slot in slots}
+    for index, experiment in enumerate(experiments, 1):
+        label = f"[{index}/{total}]"
+        if experiment.name not in assignment:
+            log.info("%s skip %s (finished)", label, experiment.name)
+            outcomes[experiment.name] = Outcome(experiment.name, "skipped")
+        else:
+            queues[assignment[experiment.name]].append((label, experiment))
+    processes = Processes()
+    threads = [
+        threading.Thread(
+            target=_worker,
+            args=(queue, slot, default_device if slot is None else f"GPU {slot}", processes, outcomes),
+            name=f"grid-{slot}",
+        )
+        for slot, queue in queues.items()
+        if queue
+    ]
+    with _sigterm_as_interrupt():
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        except KeyboardInterrupt:
+            log.info("interrupt: stopping the running phases (they save last.pth); rerun to resume")
+            processes.stop()
+            for thread in threads:
+                thread.join()
+            raise
+    return outcomes
