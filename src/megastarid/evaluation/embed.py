@@ -1,0 +1,74 @@
+"""Turn image files into L2-normalised embeddings with a model, surviving unreadable photos."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from megastarid.data.catalogue import examples
+from megastarid.data.datasets import ImageDataset, collate_skip_bad
+from megastarid.data.transforms import build_eval_transform
+from megastarid.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def embed_images(
+    model: nn.Module,
+    paths: Sequence[str],
+    image_size: int,
+    device: torch.device | str,
+    batch_size: int = 64,
+    tta: bool = False,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Embed ``paths`` in order as a float32 (N, D) array; rows of unreadable files are NaN.
+
+    The unreadable files are logged as one warning; callers drop the NaN rows and count them
+    (``np.isnan(emb).any(axis=1)``). With ``tta`` each embedding is the re-normalised mean of the
+    image's and its horizontal mirror's. The model's train/eval mode is restored afterwards, so the
+    trainer can call this between epochs.
+    """
+    device = torch.device(device)
+    dataset = ImageDataset(list(paths), [0] * len(paths), build_eval_transform(image_size), image_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=device.type == "cuda",
+    )
+    out: np.ndarray | None = None
+    unreadable: list[int] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for images, _, indices, bad in tqdm(loader, desc="embedding", unit="batch", disable=None):
+                unreadable.extend(bad)
+                if indices.numel() == 0:
+                    continue
+                batch = images.to(device, non_blocking=True)
+                emb = model(batch)
+                if tta:
+                    emb = F.normalize(emb + model(batch.flip(-1)), dim=1)
+                emb = emb.float().cpu().numpy()
+                if out is None:
+                    out = np.full((len(dataset), emb.shape[1]), np.nan, dtype=np.float32)
+                out[indices.numpy()] = emb
+    finally:
+        model.train(was_training)
+    bad_paths = [dataset.path(i) for i in sorted(unreadable)]
+    if out is None:
+        raise UserError(f"none of the {len(dataset)} images could be read: {examples(bad_paths, 3)}")
+    if bad_paths:
+        log.warning("skipped %d unreadable image(s): %s", len(bad_paths), examples(bad_paths, 5))
+    return out

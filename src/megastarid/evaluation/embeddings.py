@@ -1,0 +1,111 @@
+"""Query/gallery embeddings with their identities, paths and folders, and their ``.npz`` file format.
+
+The file lets anyone recompute every reported number without the model, so loading it checks
+everything a hand-edited or truncated file can get wrong and says what, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from megastarid.errors import UserError
+
+_SIDES = ("query", "gallery")
+_LABELS = ("identities", "paths", "folders")
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """Row i of each ``query_*`` array describes query image i; likewise for the gallery."""
+
+    query_embeddings: np.ndarray
+    gallery_embeddings: np.ndarray
+    query_identities: np.ndarray
+    gallery_identities: np.ndarray
+    query_paths: np.ndarray
+    gallery_paths: np.ndarray
+    query_folders: np.ndarray
+    gallery_folders: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, **arrays: object) -> EmbeddingSet:
+        """Coerce to float32 embeddings and unicode string labels (never object arrays)."""
+        coerced = {}
+        for name in NPZ_ARRAYS:
+            value = np.asarray(arrays[name])
+            if name.endswith("_embeddings"):
+                coerced[name] = value.astype(np.float32, copy=False)
+            else:
+                coerced[name] = value.astype(str) if value.size else np.zeros(0, dtype="<U1")
+        return cls(**coerced)
+
+
+#: The array names of ``star_embeddings.npz``, in file order.
+NPZ_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(EmbeddingSet))
+
+
+def save_embeddings(path: Path, embeddings: EmbeddingSet) -> Path:
+    """Write the arrays atomically (temp file + rename) as an uncompressed ``.npz``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        np.savez(handle, **{name: getattr(embeddings, name) for name in NPZ_ARRAYS})
+    os.replace(tmp, path)
+    return path
+
+
+def load_embeddings(path: Path) -> EmbeddingSet:
+    """Read and check a file written by :func:`save_embeddings`; any problem is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: embeddings file not found")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"{path}: holds a single array; expected an .npz with {', '.join(NPZ_ARRAYS)}")
+        with loaded:
+            missing = [name for name in NPZ_ARRAYS if name not in loaded.files]
+            if missing:
+                raise UserError(f"{path}: missing array(s) {', '.join(missing)}")
+            arrays = {name: loaded[name] for name in NPZ_ARRAYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: not a readable .npz embeddings file ({reason})") from err
+    _validate(path, arrays)
+    return EmbeddingSet.from_arrays(**arrays)
+
+
+def _validate(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    dims = {}
+    for side in _SIDES:
+        name = f"{side}_embeddings"
+        emb = arrays[name]
+        if emb.ndim != 2 or emb.shape[1] == 0:
+            raise UserError(f"{path}: {name} must be 2-D (images, dimension), got shape {emb.shape}")
+        if emb.dtype.kind not in "fiu":
+            raise UserError(f"{path}: {name} must be numeric, got dtype {emb.dtype}")
+        bad = int((~np.isfinite(emb)).any(axis=1).sum())
+        if bad:
+            raise UserError(f"{path}: {name} has {bad} row(s) with NaN or infinite values")
+        zero = int((np.abs(emb).sum(axis=1) == 0).sum())
+        if zero:
+            raise UserError(f"{path}: {name} has {zero} all-zero row(s); cosine similarity is undefined")
+        dims[side] = emb.shape[1]
+        for label in _LABELS:
+            other = f"{side}_{label}"
+            if arrays[other].ndim != 1 or arrays[other].shape[0] != emb.shape[0]:
+                raise UserError(
+                    f"{path}: {other} has shape {arrays[other].shape} but {name} has {emb.shape[0]} rows"
+                )
+    if dims["query"] != dims["gallery"]:
+        raise UserError(
+            f"{path}: query_embeddings have dimension {dims['query']}, gallery_embeddings {dims['gallery']}"
+        )
+    for side in _SIDES:
+        if arrays[f"{side}_embeddings"].shape[0] == 0:
+            raise UserError(f"{path}: {side}_embeddings is empty; nothing to evaluate")

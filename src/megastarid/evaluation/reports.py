@@ -1,0 +1,184 @@
+"""Report tables, summary and plots built from per-query results (DESIGN §2 file names and columns).
+
+Every table aggregates the scored queries only (queries whose identity has a gallery image);
+skipped queries are counted in the summary. ``std_rank`` is the population standard deviation
+(ddof=0) of the first ranks, so a folder with a single query has ``std_rank`` 0.0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pandas.api.typing import DataFrameGroupBy
+
+from megastarid.evaluation.metrics import QueryResults, cmc, mean_ap
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
+#: The CMC curve always spans at least ranks 1..20.
+CMC_CURVE_MAX_K = 20
+
+QUERY_CSV = "star_query_metrics.csv"
+IDENTITY_CSV = "star_identity_metrics.csv"
+FOLDER_CSV = "star_folder_metrics.csv"
+SUMMARY_JSON = "star_evaluation_summary.json"
+EMBEDDINGS_NPZ = "star_embeddings.npz"
+CMC_PNG = "cmc_curve.png"
+FOLDER_PNG = "folder_metrics.png"
+
+
+def cmc_column(k: int) -> str:
+    return f"CMC@{k}"
+
+
+def query_table(
+    identities: Sequence[str], folders: Sequence[str], paths: Sequence[str], results: QueryResults
+) -> pd.DataFrame:
+    """One row per query image: where its first correct match ranked and its AP (scored or not)."""
+    return pd.DataFrame(
+        {
+            "path": np.asarray(paths, dtype=str),
+            "identity": np.asarray(identities, dtype=str),
+            "folder": np.asarray(folders, dtype=str),
+            "scored": results.scored,
+            "rank": pd.Series(results.first_rank, dtype="Int64").mask(~results.scored),
+            "AP": results.average_precision,
+            "num_gallery_matches": results.num_positives,
+        }
+    )
+
+
+def _rank_stats(queries: pd.DataFrame, by: str, ks: Sequence[int]) -> tuple[pd.DataFrame, DataFrameGroupBy]:
+    """Mean rank, query count, mAP and CMC@K of the scored queries grouped by ``by``; also the groups."""
+    scored = queries[queries["scored"]]
+    hits = {cmc_column(k): (scored["rank"] <= k).astype(float) for k in ks}
+    groups = scored.assign(**hits).groupby(by, sort=True)
+    stats = groups.agg(
+        mean_rank=("rank", "mean"),
+        num_queries=("rank", "size"),
+        mAP=("AP", "mean"),
+        **{column: (column, "mean") for column in hits},
+    )
+    return stats, groups
+
+
+def identity_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
+    """Per identity: its query folders (``;``-joined), mean/best/worst rank, query count, mAP, CMC@K."""
+    stats, groups = _rank_stats(queries, "identity", ks)
+    stats["folder"] = groups["folder"].agg(lambda f: ";".join(sorted(set(f))))
+    stats["best_rank"] = groups["rank"].min().astype(int)
+    stats["worst_rank"] = groups["rank"].max().astype(int)
+    columns = ["folder", "mean_rank", "best_rank", "worst_rank", "num_queries", "mAP"]
+    return stats[columns + [cmc_column(k) for k in ks]].reset_index()
+
+
+def folder_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
+    """Per query outing folder: identities seen, mean and std (ddof=0) rank, query count, mAP, CMC@K."""
+    stats, groups = _rank_stats(queries, "folder", ks)
+    stats["num_identities"] = groups["identity"].nunique()
+    stats["std_rank"] = groups["rank"].std(ddof=0)
+    columns = ["num_identities", "mean_rank", "std_rank", "num_queries", "mAP"]
+    return stats[columns + [cmc_column(k) for k in ks]].reset_index()
+
+
+def summary(
+    results: QueryResults,
+    query_identities: Sequence[str],
+    gallery_identities: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    checkpoint: str | os.PathLike | None = None,
+    options: dict | None = None,
+    **extra: object,
+) -> dict:
+    """The summary dict: overall mAP and CMC@K, counts, the checkpoint, the options and ``extra`` keys."""
+    query_ids = np.asarray(query_identities, dtype=str)
+    gallery_ids = np.asarray(gallery_identities, dtype=str)
+    out: dict = {"mAP": _finite_or_none(mean_ap(results))}
+    out.update({cmc_column(k): _finite_or_none(v) for k, v in cmc(results, ks).items()})
+    out.update(
+        num_queries=results.num_queries,
+        num_scored_queries=results.num_scored,
+        num_skipped_queries=results.num_skipped,
+        num_skipped_identities=int(np.unique(query_ids[~results.scored]).size),
+        gallery_size=int(gallery_ids.size),
+        num_identities=int(np.union1d(query_ids, gallery_ids).size),
+        num_query_identities=int(np.unique(query_ids).size),
+        num_gallery_identities=int(np.unique(gallery_ids).size),
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        options=dict(options or {}),
+    )
+    out.update(extra)
+    return out
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a metric that is undefined (no scored query) is written as null."""
+    return None if math.isnan(value) else value
+
+
+def plot_cmc(results: QueryResults, path: Path, max_k: int = CMC_CURVE_MAX_K) -> Path:
+    """CMC@1..max_k as a step curve."""
+    ks = list(range(1, max_k + 1))
+    curve = cmc(results, ks)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(ks, [curve[k] for k in ks], marker="o", markersize=3)
+    ax.set(xlabel="rank K", ylabel="CMC@K", ylim=(0, 1.02), xlim=(0.5, max_k + 0.5))
+    ax.set_title(f"CMC (mAP {mean_ap(results):.3f}, {results.num_scored} scored queries)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def plot_folders(folders: pd.DataFrame, path: Path) -> Path:
+    """Horizontal bars of mAP and CMC@1 per outing folder, sorted by mAP (worst at the bottom)."""
+    table = folders.sort_values(["mAP", "folder"], ascending=[True, False])
+    height = min(80.0, 1.5 + 0.28 * max(1, len(table)))
+    fig = Figure(figsize=(8, height), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(table))
+    ax.barh(y + 0.2, table["mAP"], height=0.4, label="mAP")
+    ax.barh(y - 0.2, table[cmc_column(1)], height=0.4, label="CMC@1")
+    ax.set_yticks(y, table["folder"], fontsize=7)
+    ax.set(xlim=(0, 1), xlabel="score")
+    fig.legend(loc="outside upper right", ncols=2, title="per query outing folder, sorted by mAP")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: Figure, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Write through a hidden temp file and rename, so readers never see half a report."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_reports(
+    out_dir: Path, queries: pd.DataFrame, results: QueryResults, summary_dict: dict, ks: Sequence[int]
+) -> list[Path]:
+    """Write the per-query/identity/folder CSVs, the summary JSON and both plots; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folders = folder_table(queries, ks)
+    summary_text = json.dumps(summary_dict, indent=2, default=str) + "\n"
+    written = [
+        _atomic_write(out_dir / QUERY_CSV, lambda p: queries.to_csv(p, index=False)),
+        _atomic_write(out_dir / IDENTITY_CSV, lambda p: identity_table(queries, ks).to_csv(p, index=False)),
+        _atomic_write(out_dir / FOLDER_CSV, lambda p: folders.to_csv(p, index=False)),
+        _atomic_write(out_dir / SUMMARY_JSON, lambda p: p.write_text(summary_text)),
+        plot_cmc(results, out_dir / CMC_PNG, max(CMC_CURVE_MAX_K, *ks)),
+        plot_folders(folders, out_dir / FOLDER_PNG),
+    ]
+    return written
