@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -83,15 +84,31 @@ def _warn_undated(outings: pd.DataFrame, visit_counts: pd.Series) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SplitAudit:
+    """How far a catalogue's split keeps the protocol's two promises (both lists empty when it does)."""
+
+    shared_outings: list[tuple[str, str]]  # (identity, folder) pairs with photos on both sides
+    early_queries: list[str]  # query photos dated no later than their identity's newest gallery photo
+
+
+def audit_split(df: pd.DataFrame) -> SplitAudit:
+    """Check a split (ours or a user's): no outing on both sides, every dated query later than the gallery."""
+    sides = df[df["split"] != ""].groupby(["identity", "folder"])["split"].nunique()
+    shared = [(str(identity), str(folder)) for identity, folder in sides[sides > 1].index]
+    newest_gallery = df[df["split"] == "train"].groupby("identity")["date"].max().rename("newest_gallery")
+    queries = df[df["split"] == "test"].join(newest_gallery, on="identity")
+    early = queries["date"] <= queries["newest_gallery"]  # False where either date is unknown
+    return SplitAudit(shared, queries.loc[early, "path"].tolist())
+
+
 def _warn_leaks(given: pd.DataFrame) -> None:
     """A given split that puts one outing on both sides leaks near-duplicates; say so (it is the user's)."""
-    sides = given.groupby(["identity", "folder"])["split"].nunique()
-    if (sides > 1).any():
-        identity, folder = sides[sides > 1].index[0]
+    shared = audit_split(given).shared_outings
+    if shared:
         log.warning(
             "the given split puts %d outing(s) on both gallery and query sides (e.g. %s, %s): "
             "same-day photos are near-duplicates, so scores will be optimistic",
-            int((sides > 1).sum()),
-            identity,
-            folder,
+            len(shared),
+            *shared[0],
         )
