@@ -147,19 +147,30 @@ def _worker(
     device: str,
     processes: Processes,
     outcomes: dict[str, Outcome],
+    done: threading.Event,
 ) -> None:
-    for label, experiment in queue:
-        if processes.stopping.is_set():
-            return
-        log.info("%s start %s on %s", label, experiment.name, device)
-        try:
-            outcome = run_experiment(experiment, gpu, label, processes)
-        except OSError as err:  # e.g. the output folder cannot be written: record it, go on
-            outcome = Outcome(experiment.name, "failed", error=f"{type(err).__name__}: {err}")
-            with contextlib.suppress(OSError):
-                write_status(experiment, status="failed", phase="", returncode=None, error=outcome.error)
-        outcomes[experiment.name] = outcome
-        _announce_end(label, experiment, outcome)
+    try:
+        for label, experiment in queue:
+            if processes.stopping.is_set():
+                return
+            log.info("%s start %s on %s", label, experiment.name, device)
+            try:
+                outcome = run_experiment(experiment, gpu, label, processes)
+            except OSError as err:  # e.g. the output folder cannot be written: record it, go on
+                outcome = Outcome(experiment.name, "failed", error=f"{type(err).__name__}: {err}")
+                with contextlib.suppress(OSError):
+                    write_status(experiment, status="failed", phase="", returncode=None, error=outcome.error)
+            outcomes[experiment.name] = outcome
+            _announce_end(label, experiment, outcome)
+    finally:
+        done.set()
+
+
+def _wait(events: Sequence[threading.Event]) -> None:
+    """Wait for the workers by polling their events: an interrupted ``Thread.join`` can wrongly mark a
+    running thread as stopped (CPython gh-90882), and then the grid would not wait for its phases."""
+    while not all(event.is_set() for event in events):
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -200,26 +211,30 @@ def run_grid(
         else:
             queues[assignment[experiment.name]].append((label, experiment))
     processes = Processes()
-    threads = [
-        threading.Thread(
-            target=_worker,
-            args=(queue, slot, default_device if slot is None else f"GPU {slot}", processes, outcomes),
-            name=f"grid-{slot}",
-        )
+    workers = [
+        (slot, queue, threading.Event())
         for slot, queue in queues.items()
         if queue
     ]
+    threads = [
+        threading.Thread(
+            target=_worker,
+            args=(queue, slot, default_device if slot is None else f"GPU {slot}", processes, outcomes, done),
+            name=f"grid-{slot}",
+        )
+        for slot, queue, done in workers
+    ]
+    events = [done for _, _, done in workers]
     with _sigterm_as_interrupt():
         for thread in threads:
             thread.start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)
+            _wait(events)
         except KeyboardInterrupt:
             log.info("interrupt: stopping the running phases (they save last.pth); rerun to resume")
             processes.stop()
-            for thread in threads:
-                thread.join()
+            _wait(events)
             raise
+    for thread in threads:
+        thread.join()
     return outcomes
