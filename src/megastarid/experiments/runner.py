@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from megastarid.experiments.plan import STATUS_FILE, Experiment, Phase, PhaseState
 from megastarid.experiments.results import format_metrics, star_metrics
@@ -48,7 +49,7 @@ class Processes:
         self.stopping = threading.Event()
 
     @contextlib.contextmanager
-    def start(self, command: Sequence[str], log_file) -> Iterator[subprocess.Popen]:
+    def start(self, command: Sequence[str], log_file: IO[str]) -> Iterator[subprocess.Popen]:
         with self._lock:
             if self.stopping.is_set():
                 raise InterruptedError
