@@ -54,3 +54,21 @@ def star_tree(tmp_path: Path) -> Path:
         "SiteB": {"star1": {"20240101_survey": 2, "20240301_survey": 2}},
     }
     return make_star_tree(tmp_path / "stars", layout)
+
+
+@pytest.fixture(scope="session")
+def synthetic_stars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small built-in synthetic star tree (8 identities, 96 px, seed 0) shared by the session: read only."""
+    from megastarid.synth import generate_stars
+
+    root = tmp_path_factory.mktemp("synthetic") / "stars"
+    return generate_stars(root, identities=8, seed=0, image_size=96)
+
+
+@pytest.fixture(scope="session")
+def synthetic_wildlife(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic WildlifeReID-10k folder (20 identities, a SeaStarReID2023 slice): read only."""
+    from megastarid.synth import generate_wildlife
+
+    root = tmp_path_factory.mktemp("synthetic") / "wildlife"
+    return generate_wildlife(root, identities=20, seed=0, image_size=64)
