@@ -10,8 +10,9 @@ import pytest
 
 from conftest import make_star_tree
 from megastarid.data.catalogue import as_catalogue
+from megastarid.data.check import main as check_main
 from megastarid.data.readers import read_star_tree
-from megastarid.data.splits import gallery_visits, temporal_split
+from megastarid.data.splits import audit_split, gallery_visits, temporal_split
 from megastarid.errors import UserError
 
 
@@ -165,3 +166,37 @@ def test_protocol_and_determinism_on_a_tree(tmp_path: Path) -> None:
     assert counts.loc["SiteA/one"].to_dict() == {"test": 0, "train": 1}
     shuffled = temporal_split(df.sample(frac=1, random_state=3)).sort_index()
     pd.testing.assert_series_equal(shuffled["split"], split["split"])
+
+
+def test_audit_finds_shared_outings_and_early_queries() -> None:
+    df = _catalogue(
+        [
+            ("a", "o1", "2024-01-01"),
+            ("a", "o1", "2024-01-01"),
+            ("a", "o2", "2024-03-01"),
+            ("b", "p1", "2024-05-01"),
+            ("b", "p2", "2024-04-01"),
+            ("c", "q1", None),
+            ("c", "q2", None),
+        ]
+    )
+    df["split"] = ["train", "test", "train", "train", "test", "train", "test"]
+    audit = audit_split(df)
+    assert audit.shared_outings == [("a", "o1")]
+    assert audit.early_queries == ["/x/1.jpg", "/x/4.jpg"]  # undated queries cannot be judged early
+    clean = audit_split(temporal_split(df.assign(split="")))
+    assert clean.shared_outings == [] and clean.early_queries == []
+
+
+def test_check_reports_a_leaky_given_split(tmp_path: Path, capsys) -> None:
+    root = make_star_tree(tmp_path, {"S": {"a": {"2024-01-01": 2, "2024-02-01": 1}}}, size=(8, 8))
+    (root / "m.csv").write_text(
+        "identity,path,split\n"
+        "a,S/a/2024-01-01/img0.jpg,gallery\n"
+        "a,S/a/2024-01-01/img1.jpg,query\n"
+        "a,S/a/2024-02-01/img0.jpg,gallery\n"
+    )
+    assert check_main(["--csv", str(root / "m.csv"), "--no-open"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 outing(s) on both sides" in out
+    assert "warning: 1 query photo(s) not later than their gallery photos" in out

@@ -170,6 +170,13 @@ def _require_columns(table: pd.DataFrame, columns: Iterable[str], csv_path: Path
             raise UserError(f"{csv_path}: required column {column!r} is missing (columns found: {found})")
 
 
+def _require_values(table: pd.DataFrame, columns: Iterable[str], csv_path: Path) -> None:
+    for column in columns:
+        blank = table[column].str.strip() == ""
+        if blank.any():
+            raise UserError(f"{csv_path} line {_line(table, blank)}: empty {column!r}")
+
+
 def _line(table: pd.DataFrame, mask: pd.Series) -> int:
     """File line of the first row where ``mask`` holds (line 1 is the header)."""
     return int(table.index[mask.to_numpy()][0]) + 2
@@ -214,10 +221,7 @@ def read_star_csv(csv_path: str | Path, root: str | Path | None = None) -> pd.Da
     _require_columns(table, ("identity", "path"), csv_path)
     if table.empty:
         raise UserError(f"{csv_path} lists no photos")
-    for column in ("identity", "path"):
-        blank = table[column].str.strip() == ""
-        if blank.any():
-            raise UserError(f"{csv_path} line {_line(table, blank)}: empty {column!r}")
+    _require_values(table, ("identity", "path"), csv_path)
     paths = _inside_root(table["path"], root, table, csv_path)
     repeated = paths.duplicated()
     if repeated.any():
@@ -274,6 +278,7 @@ def read_wildlife(
         raise UserError(f"{csv_path} not found (expected a WildlifeReID-10k folder with metadata.csv)")
     table = _read_table(csv_path)
     _require_columns(table, ("identity", "path"), csv_path)
+    _require_values(table, ("identity", "path"), csv_path)
     if "dataset" not in table:
         table["dataset"] = root.name
     table = _filter(table, "dataset", datasets, csv_path)
