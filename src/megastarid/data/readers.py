@@ -159,6 +159,8 @@ def _read_table(csv_path: Path) -> pd.DataFrame:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{csv_path} is not a readable CSV file: {str(err).splitlines()[0]}") from err
+    except OSError as err:
+        raise UserError(f"cannot read {csv_path}: {err.strerror or err}") from err
     table.columns = [str(c).strip().lower() for c in table.columns]
     return table
 
