@@ -64,10 +64,10 @@ def load_embeddings(path: Path) -> EmbeddingSet:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: embeddings file not found")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not an .npz embeddings file (expected a zip archive of named arrays)")
     try:
         loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise UserError(f"{path}: holds a single array; expected an .npz with {', '.join(NPZ_ARRAYS)}")
         with loaded:
             missing = [name for name in NPZ_ARRAYS if name not in loaded.files]
             if missing:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pandas.api.typing import DataFrameGroupBy
 
+from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.metrics import QueryResults, cmc, mean_ap
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
@@ -38,15 +39,13 @@ def cmc_column(k: int) -> str:
     return f"CMC@{k}"
 
 
-def query_table(
-    identities: Sequence[str], folders: Sequence[str], paths: Sequence[str], results: QueryResults
-) -> pd.DataFrame:
+def query_table(embeddings: EmbeddingSet, results: QueryResults) -> pd.DataFrame:
     """One row per query image: where its first correct match ranked and its AP (scored or not)."""
     return pd.DataFrame(
         {
-            "path": np.asarray(paths, dtype=str),
-            "identity": np.asarray(identities, dtype=str),
-            "folder": np.asarray(folders, dtype=str),
+            "path": embeddings.query_paths,
+            "identity": embeddings.query_identities,
+            "folder": embeddings.query_folders,
             "scored": results.scored,
             "rank": pd.Series(results.first_rank, dtype="Int64").mask(~results.scored),
             "AP": results.average_precision,
@@ -55,8 +54,11 @@ def query_table(
     )
 
 
-def _rank_stats(queries: pd.DataFrame, by: str, ks: Sequence[int]) -> tuple[pd.DataFrame, DataFrameGroupBy]:
-    """Mean rank, query count, mAP and CMC@K of the scored queries grouped by ``by``; also the groups."""
+def rank_stats(queries: pd.DataFrame, by: str, ks: Sequence[int]) -> tuple[pd.DataFrame, DataFrameGroupBy]:
+    """Mean rank, query count, mAP and CMC@K of the scored queries grouped by column ``by``.
+
+    Also returns the groups, for callers that add their own columns.
+    """
     scored = queries[queries["scored"]]
     hits = {cmc_column(k): (scored["rank"] <= k).astype(float) for k in ks}
     groups = scored.assign(**hits).groupby(by, sort=True)
@@ -71,7 +73,7 @@ def _rank_stats(queries: pd.DataFrame, by: str, ks: Sequence[int]) -> tuple[pd.D
 
 def identity_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
     """Per identity: its query folders (``;``-joined), mean/best/worst rank, query count, mAP, CMC@K."""
-    stats, groups = _rank_stats(queries, "identity", ks)
+    stats, groups = rank_stats(queries, "identity", ks)
     stats["folder"] = groups["folder"].agg(lambda f: ";".join(sorted(set(f))))
     stats["best_rank"] = groups["rank"].min().astype(int)
     stats["worst_rank"] = groups["rank"].max().astype(int)
@@ -81,7 +83,7 @@ def identity_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.
 
 def folder_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
     """Per query outing folder: identities seen, mean and std (ddof=0) rank, query count, mAP, CMC@K."""
-    stats, groups = _rank_stats(queries, "folder", ks)
+    stats, groups = rank_stats(queries, "folder", ks)
     stats["num_identities"] = groups["identity"].nunique()
     stats["std_rank"] = groups["rank"].std(ddof=0)
     columns = ["num_identities", "mean_rank", "std_rank", "num_queries", "mAP"]
@@ -153,10 +155,10 @@ def plot_folders(folders: pd.DataFrame, path: Path) -> Path:
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a hidden temp file and rename, so readers never see half a report."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -174,10 +176,10 @@ def write_reports(
     folders = folder_table(queries, ks)
     summary_text = json.dumps(summary_dict, indent=2, default=str) + "\n"
     written = [
-        _atomic_write(out_dir / QUERY_CSV, lambda p: queries.to_csv(p, index=False)),
-        _atomic_write(out_dir / IDENTITY_CSV, lambda p: identity_table(queries, ks).to_csv(p, index=False)),
-        _atomic_write(out_dir / FOLDER_CSV, lambda p: folders.to_csv(p, index=False)),
-        _atomic_write(out_dir / SUMMARY_JSON, lambda p: p.write_text(summary_text)),
+        atomic_write(out_dir / QUERY_CSV, lambda p: queries.to_csv(p, index=False)),
+        atomic_write(out_dir / IDENTITY_CSV, lambda p: identity_table(queries, ks).to_csv(p, index=False)),
+        atomic_write(out_dir / FOLDER_CSV, lambda p: folders.to_csv(p, index=False)),
+        atomic_write(out_dir / SUMMARY_JSON, lambda p: p.write_text(summary_text)),
         plot_cmc(results, out_dir / CMC_PNG, max(CMC_CURVE_MAX_K, *ks)),
         plot_folders(folders, out_dir / FOLDER_PNG),
     ]

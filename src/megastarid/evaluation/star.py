@@ -52,8 +52,12 @@ def embed_catalogue(
     tta: bool = False,
     batch_size: int = 64,
     num_workers: int = 0,
-) -> tuple[EmbeddingSet, list[str]]:
-    """Embed the query and gallery images of a split catalogue; return them and the unreadable paths."""
+) -> tuple[EmbeddingSet, pd.DataFrame, list[str]]:
+    """Embed the query and gallery images of a split catalogue.
+
+    Returns the embeddings, the catalogue rows of the embedded queries (aligned with the
+    ``query_*`` arrays) and the paths of the unreadable images that were dropped.
+    """
     queries, gallery = split_sides(catalogue)
     both = pd.concat([queries, gallery], ignore_index=True)
     emb = embed_images(model, both["path"].tolist(), image_size, device, batch_size, tta, num_workers)
@@ -70,7 +74,8 @@ def embed_catalogue(
         query_folders=both["folder"].to_numpy()[keep_q],
         gallery_folders=both["folder"].to_numpy()[keep_g],
     )
-    return embeddings, both["path"].to_numpy()[~readable].tolist()
+    kept_queries = both[keep_q].reset_index(drop=True)
+    return embeddings, kept_queries, both["path"].to_numpy()[~readable].tolist()
 
 
 def rank_embeddings(
@@ -131,9 +136,7 @@ def evaluate_embeddings(
             examples(skipped, 5),
         )
     if out_dir is not None:
-        queries = query_table(
-            embeddings.query_identities, embeddings.query_folders, embeddings.query_paths, results
-        )
+        queries = query_table(embeddings, results)
         write_reports(Path(out_dir), queries, results, result, ks)
     log.info(
         "star evaluation: mAP %s, %s over %d scored queries",
@@ -168,7 +171,7 @@ def evaluate_star(
     there; with ``out_dir=None`` nothing is written (the trainer's periodic evaluations). Unreadable
     images are dropped, logged and counted in the summary. Returns the summary dict.
     """
-    embeddings, unreadable = embed_catalogue(
+    embeddings, _, unreadable = embed_catalogue(
         model, catalogue, image_size, device, tta, batch_size, num_workers
     )
     if out_dir is not None:
