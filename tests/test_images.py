@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import write_image
-from megastarid.data.datasets import ImageDataset, collate_skip_bad
+from megastarid.data.datasets import ConcatImageDataset, ImageDataset, collate_skip_bad
 from megastarid.data.images import BACKGROUND, BadImageError, is_image_file, load_rgb
 from megastarid.errors import UserError
 
@@ -164,3 +164,16 @@ def test_dataset_works_in_dataloader_workers(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=1, collate_fn=collate_skip_bad)
     images, labels, _, bad = next(iter(loader))
     assert images.shape[0] == 4 and labels.tolist() == [0, 0, 1, 1] and bad == [4]
+
+
+def test_concatenated_datasets_report_global_indices(tmp_path: Path) -> None:
+    stars = [str(write_image(tmp_path / f"s{i}.jpg", (8, 8), seed=i)) for i in range(2)]
+    wildlife = [str(write_image(tmp_path / "w0.png", (8, 8))), str(tmp_path / "w_missing.jpg")]
+    both = ConcatImageDataset(
+        [ImageDataset(stars, [0, 1], _to_tensor), ImageDataset(wildlife, [2, 3], _to_tensor)]
+    )
+    assert len(both) == 4
+    _, labels, indices, bad = collate_skip_bad([both[i] for i in (3, 0, 2)])
+    assert bad == [3] and both.path(3) == wildlife[1]
+    assert indices.tolist() == [0, 2] and labels.tolist() == [0, 2]
+    assert [both.path(i) for i in range(4)] == stars + wildlife

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -9,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from megastarid.data.images import BadImageError, load_rgb
 
@@ -55,6 +56,26 @@ class ImageDataset(Dataset[Item]):
             log.debug("skipping %s", err)
             return None, label, index
         return self.transform(image), label, index
+
+
+class ConcatImageDataset(ConcatDataset[Item]):
+    """``ImageDataset``s end to end (stars then wildlife for co-training) whose items carry the *global*
+    index, so ``collate_skip_bad``'s bad indices and ``path(i)`` address the concatenation, as the mixed
+    sampler's indices do (a plain ``ConcatDataset`` would pass on each part's local index)."""
+
+    datasets: list[ImageDataset]
+
+    def __init__(self, datasets: Sequence[ImageDataset]) -> None:
+        super().__init__(datasets)
+
+    def __getitem__(self, index: int) -> Item:
+        image, label, _ = super().__getitem__(index)
+        return image, label, index
+
+    def path(self, index: int) -> str:
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        start = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part].path(index - start)
 
 
 def collate_skip_bad(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
