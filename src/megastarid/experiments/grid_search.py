@@ -55,7 +55,9 @@ retries failed ones; the result files always cover every experiment in the outpu
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megastarid grid-search",
-        description="Train every strategy × loss × seed and compare their star mAP / CMC.",
+        description="Train every strategy × loss × seed and compare their star mAP / CMC. Training options "
+        "for every phase go after -- (e.g. -- --backbone resnet18 --image-size 128 --no-pretrained); the "
+        "grid sets --epochs, --seed, --output-dir, --gpus, --checkpoint and the loss weights itself.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
