@@ -69,7 +69,7 @@ def test_wildlife_source(tmp_path: Path, capsys) -> None:
             write_image(tmp_path / f"images/{i}_{j}.jpg", (16, 16), seed=i * 3 + j)
             rows.append(f"Z_{i},images/{i}_{j}.jpg,{split},Zebras,zebra")
     (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
-    code, out, _ = _run(capsys, "--wildlife-root", str(tmp_path), "--datasets", "Zebras")
+    code, out, _ = _run(capsys, "--wildlife-root", str(tmp_path), "--wildlife-datasets", "Zebras,")
     assert code == 0
     assert "train 6 photos of 3 identities; test 3 photos of 3 identities" in out
     assert "species      1: zebra (9)" in out
@@ -109,7 +109,7 @@ def test_all_photos_unreadable(tmp_path: Path, capsys) -> None:
     [
         ([], "say which data set to check"),
         (["--star-root", "A", "--wildlife-root", "B"], "one data set at a time"),
-        (["--star-root", "A", "--species", "x"], "--datasets and --species filter --wildlife-root only"),
+        (["--star-root", "A", "--wildlife-species", "x"], "--wildlife-datasets and --wildlife-species need"),
         (["--star-root", "/no/such/root"], "star root /no/such/root does not exist"),
     ],
 )

@@ -160,6 +160,11 @@ def export_split(df: pd.DataFrame, unreadable: dict[str, str] | None, out: Path)
         raise UserError(f"cannot write --export-split {out}: {err.strerror}") from err
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option value as a list (spelled as in the training commands)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megastarid data check",
@@ -169,12 +174,15 @@ def _parser() -> argparse.ArgumentParser:
         "--star-root", type=Path, help="star_dataset root (ROOT/<DATASET>/<individual>/<outing>/)"
     )
     parser.add_argument(
-        "--csv", type=Path, help="star metadata CSV (paths inside --star-root, default its folder)"
+        "--csv",
+        "--star-csv",
+        type=Path,
+        help="star metadata CSV (paths inside --star-root, default its folder)",
     )
     parser.add_argument("--wildlife-root", type=Path, help="WildlifeReID-10k root (with metadata.csv)")
     parser.add_argument("--identity-root", type=Path, help="one folder per identity (SeaStarReID2023 style)")
-    parser.add_argument("--datasets", nargs="+", help="wildlife: keep only these source datasets")
-    parser.add_argument("--species", nargs="+", help="wildlife: keep only these species")
+    parser.add_argument("--wildlife-datasets", type=_names, help="comma-separated source datasets to keep")
+    parser.add_argument("--wildlife-species", type=_names, help="comma-separated species to keep")
     parser.add_argument(
         "--gallery-fraction", type=float, default=0.8, help="stars: share of outings in gallery"
     )
@@ -200,8 +208,8 @@ def _source(args: argparse.Namespace) -> Source:
     if len(given) > 1 and set(given) != {"star_root", "csv"}:
         options = " and ".join("--" + name.replace("_", "-") for name in given)
         raise UserError(f"check one data set at a time (got {options})")
-    if (args.datasets or args.species) and not args.wildlife_root:
-        raise UserError("--datasets and --species filter --wildlife-root only")
+    if (args.wildlife_datasets or args.wildlife_species) and not args.wildlife_root:
+        raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
     if args.wildlife_root:
         return Source("wildlife", args.wildlife_root)
     if args.identity_root:
@@ -214,7 +222,7 @@ def _source(args: argparse.Namespace) -> Source:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     source = _source(args)
-    df = load_source(source, args.datasets, args.species, args.gallery_fraction)
+    df = load_source(source, args.wildlife_datasets, args.wildlife_species, args.gallery_fraction)
     unreadable = None if args.no_open else find_unreadable(df["path"].tolist(), args.workers)
     lines, reasons = summarise(df, unreadable or {}, source)
     print("\n".join(lines))
