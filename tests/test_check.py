@@ -82,7 +82,7 @@ def test_wildlife_source(tmp_path: Path, capsys) -> None:
             {"S": {"a": {"2024-01-01": 1}, "b": {"2024-01-02": 1}}},
             "no identity has two or more readable photos",
         ),
-        ({"S": {"a": {"2024-01-01": 3}, "b": {"2024-01-02": 2}}}, "the temporal split has no query photos"),
+        ({"S": {"a": {"2024-01-01": 3}, "b": {"2024-01-02": 2}}}, "the split has no readable query photos"),
     ],
 )
 def test_unusable_sets_exit_non_zero_with_one_line(tmp_path: Path, capsys, layout, reason: str) -> None:

@@ -144,7 +144,7 @@ def _split_reasons(readable: pd.DataFrame, source: Source) -> list[str]:
     if not (readable["split"] == "train").any():
         return ["the split has no readable gallery/train photos"]
     if source.kind == "stars" and not (readable["split"] == "test").any():
-        return ["the temporal split has no query photos: no identity was photographed on two different days"]
+        return ["the split has no readable query photos (no identity was photographed on two different days)"]
     return []
 
 
@@ -153,8 +153,8 @@ def export_split(df: pd.DataFrame, unreadable: dict[str, str] | None, out: Path)
     table = df[list(CATALOGUE_COLUMNS)].copy()
     if unreadable is not None:
         table["readable"] = ~table["path"].isin(unreadable)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
     except OSError as err:
         raise UserError(f"cannot write --export-split {out}: {err.strerror}") from err
