@@ -121,7 +121,9 @@ class MixedPKBatchSampler(Sampler[list[int]]):
     """Co-training batches: a ``star_ratio`` share of each batch from stars, the rest from wildlife.
 
     Indices address ``ConcatDataset([star_ds, wildlife_ds])``: wildlife indices are offset by
-    ``len(star_labels)``. Each part is P x K with its own identities. An epoch is one pass over the
+    ``len(star_labels)``. Each part is P x K with its own identities; the star part takes
+    ``k * round(batch_size / k * star_ratio)`` images, at least ``k`` and leaving at least ``k`` for
+    wildlife (32, 0.3, 4 -> 8 star + 24 wildlife; see ``star_per_batch``). An epoch is one pass over the
     star images; the wildlife part is a stream that continues across epochs (its own P x K epochs
     back to back), so co-training walks through all wildlife images before repeating any.
     """
