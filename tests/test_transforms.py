@@ -31,6 +31,11 @@ ALL_ON = StarAugmentConfig(
 )
 
 
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    torch.manual_seed(0)
+
+
 def noisy(width: int = 120, height: int = 90, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
@@ -60,7 +65,7 @@ def test_output_is_normalised_float_square_tensor(name: str, shape: tuple[int, i
     # ImageNet-normalised pixels of a [0, 1] image: spread beyond [0, 1] but within the normalised range.
     low = (0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     high = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    assert out.min() < -0.5 and out.max() > 1.5
+    assert out.min() < 0  # a merely [0, 1]-scaled tensor has no negatives
     assert (out >= low.view(3, 1, 1) - 1e-4).all() and (out <= high.view(3, 1, 1) + 1e-4).all()
 
 
