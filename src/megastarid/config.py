@@ -330,11 +330,19 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
     """Build and validate a config from ``--config FILE.yaml`` and the command line (flags win)."""
     args = vars(build_parser(cls, prog, description).parse_args(argv))
     config_file = args.pop("config", None)
+    if config_file is None and args.get("resume"):
+        # `--output-dir DIR --resume` alone continues the run with the options it was started with.
+        saved = Path(args.get("output_dir", _default(cls, "output_dir"))) / "config.yaml"
+        config_file = saved if saved.is_file() else None
     values = _from_yaml(cls, config_file) if config_file is not None else {}
     values.update(args)
     cfg = cls(**values)
     cfg.validate()
     return cfg
+
+
+def _default(cls: type[TrainConfig], name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -1,0 +1,528 @@
+"""One training loop for every strategy (pretrain, finetune, cotrain), on Lightning Fabric.
+
+A command describes *what* to train on in a ``TrainTask``; ``fit`` does the rest the same way for all:
+devices (CPU, one GPU, DDP over ``--gpus`` or ``--accelerator cpu --devices 2``), AdamW with warm-up and
+cosine decay, circle + triplet loss, evaluation before the first epoch and every ``--eval-every``,
+``best.pth`` / ``last.pth`` / ``history.csv`` / TensorBoard, early stopping, and the fault handling of
+DESIGN §7 (corrupt photos skipped and logged, NaN steps skipped, Ctrl-C saves, ``--resume`` continues).
+
+Reproducibility: every epoch starts from a torch seed derived from (seed, epoch, rank), the batch sampler
+is a pure function of (seed, epoch) and all augmentation draws from torch's generator, so a run resumed
+at an epoch boundary repeats exactly what the uninterrupted run did. A run stopped mid-epoch also saves
+each rank's generator state and how many batches it had done, and the resumed run skips those batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from megastarid.config import TrainConfig, parse_gpus, save_config
+from megastarid.curves import plot_training_curves
+from megastarid.data.datasets import collate_skip_bad
+from megastarid.errors import UserError
+from megastarid.losses import ReIDLoss
+from megastarid.models import EmbeddingModel, load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from megastarid.runfolder import check_run_folder, prepare_run_folder, write_history, write_json
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("loss", "circle_loss", "triplet_loss")
+_SHOWN = ("loss", "images_per_s")  # history fields echoed in the log line of each epoch
+LOG_EVERY = 50  # steps between TensorBoard step-loss points (each one syncs with the device)
+INTERRUPTED = 130
+
+
+@dataclass
+class TrainTask:
+    """What one strategy trains on and how it is judged; each command builds one from its config."""
+
+    name: str  # the command, for messages: "finetune"
+    dataset: Dataset  # item i -> (image tensor | None for a bad file, label, i)
+    paths: Sequence[str]  # dataset index -> file, for bad_images.txt
+    make_sampler: Callable[[int, int], Any]  # (rank, world_size) -> batch sampler with set_epoch()
+    build_model: Callable[[], EmbeddingModel]
+    evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # metrics of the model as it is now
+    metric: str  # the key of evaluate()'s result that chooses best.pth, e.g. "star_mAP"
+    final_report: Callable[[nn.Module, torch.device, Path], dict[str, Any]] | None = (
+        None  # best model -> files
+    )
+
+
+@dataclass
+class RunState:
+    """Where a run stands; all plain values so that it round-trips through a weights_only checkpoint."""
+
+    epoch: int = 0  # last completed epoch (0 = only the baseline evaluation done)
+    step: int = 0  # batches done in epoch ``epoch + 1`` when the run was interrupted mid-epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+    skipped_steps: int = 0
+    partial: list[float] = field(default_factory=list)  # the interrupted epoch's running sums
+
+
+def fabric_options(cfg: TrainConfig) -> dict[str, Any]:
+    """Translate ``--gpus`` / ``--accelerator`` / ``--devices`` / ``--precision`` into Fabric's arguments."""
+    cuda = torch.cuda.is_available()
+    if cfg.gpus is not None:
+        ids = parse_gpus(cfg.gpus)
+        if not cuda:
+            raise UserError(
+                f"--gpus {cfg.gpus}: no CUDA GPU on this machine (leave out --gpus to use the CPU)"
+            )
+        count = torch.cuda.device_count()
+        if max(ids) >= count:
+            raise UserError(f"--gpus {cfg.gpus}: this machine has {count} GPU(s), ids 0 to {count - 1}")
+        accelerator, devices, n = "cuda", ids, len(ids)
+    else:
+        accelerator = {"auto": "cuda" if cuda else "cpu", "gpu": "cuda"}.get(cfg.accelerator, cfg.accelerator)
+        if accelerator == "cuda" and not cuda:
+            raise UserError(f"--accelerator {cfg.accelerator}: no CUDA GPU on this machine")
+        devices = n = cfg.devices
+    if cfg.precision == "fp16" and accelerator != "cuda":
+        raise UserError("--precision fp16 needs a GPU; use --precision 32 (or bf16) on the CPU")
+    if cfg.precision == "auto":
+        precision = "bf16-mixed" if accelerator == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
+    else:
+        precision = {"32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[cfg.precision]
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": "ddp" if n > 1 else "auto",
+        "precision": precision,
+    }
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at the last step."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone at ``lr * backbone_lr_mult``, head at ``lr``; no weight decay on norms and biases."""
+    head = {id(p) for p in model.head_parameters()}
+    groups = []
+    for part, lr in (("backbone", cfg.lr * cfg.backbone_lr_mult), ("head", cfg.lr)):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in head) == (part == "head")]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append(
+                    {"params": chosen, "lr": lr, "weight_decay": cfg.weight_decay * decay, "name": part}
+                )
+    return groups
+
+
+class Trainer:
+    """The model, optimizer, schedule and loss, and one optimisation step; no data or files here."""
+
+    def __init__(self, fabric: Fabric, model: EmbeddingModel, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.fabric = fabric
+        self.on_gpu = fabric.device.type == "cuda"
+        if self.on_gpu:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+        self.scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+        self.model, self.optimizer = fabric.setup(model, optimizer)
+        self.criterion = ReIDLoss(
+            cfg.circle_weight,
+            cfg.triplet_weight,
+            cfg.circle_m,
+            cfg.circle_gamma,
+            cfg.triplet_margin,
+            distributed=fabric.world_size > 1,
+        )
+
+    @property
+    def module(self) -> EmbeddingModel:
+        """The bare model (not the DDP wrapper): for evaluation on one rank and for checkpoints."""
+        return self.model.module
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """One optimisation step; returns the detached ``[loss, circle, triplet]``, or None when the loss was
+        NaN/inf (then nothing is updated)."""
+        images, labels = self.fabric.to_device(images), self.fabric.to_device(labels)
+        if self.on_gpu:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss, parts = self.criterion(self.model(images), labels)
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.fabric.backward(loss)
+        self.fabric.clip_gradients(self.model, self.optimizer, max_norm=1.0, error_if_nonfinite=False)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        nan = loss.new_tensor(math.nan)
+        return torch.stack([loss.detach(), parts.get("circle_loss", nan), parts.get("triplet_loss", nan)])
+
+    def lrs(self) -> dict[str, float]:
+        lrs = {
+            group["name"]: lr
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True)
+        }
+        return {"lr": lrs["head"], "backbone_lr": lrs.get("backbone", math.nan)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.fabric.strategy.precision.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.fabric.strategy.precision.load_state_dict(state["scaler"])
+
+
+class _ResumableBatches(Sampler[list[int]]):
+    """The task's batch sampler, minus the first ``skip`` batches of the epoch (for a mid-epoch resume)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler, self.skip = sampler, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        log.warning("%s received: stopping after this step and saving last.pth", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank) % (2**63)
+
+
+def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
+    """Run (or resume) a training run in ``cfg.output_dir``; returns the exit code (130 when interrupted).
+
+    Option errors, a clashing run folder and bad data are reported before any process is started.
+    With several devices this process becomes rank 0 and Fabric starts the others, which run the same
+    command; only rank 0 writes files.
+    """
+    options = fabric_options(cfg)
+    check_run_folder(cfg.output_dir, cfg.resume, cfg.overwrite)
+    task = build_task()
+    fabric = Fabric(**options)
+    fabric.launch()
+    run = _Run(fabric, cfg, task)
+    return run.execute()
+
+
+class _Run:
+    """One training run in one process (rank); the steps of ``fit`` after the processes exist."""
+
+    def __init__(self, fabric: Fabric, cfg: TrainConfig, task: TrainTask) -> None:
+        self.fabric, self.cfg, self.task = fabric, cfg, task
+        self.dir = Path(cfg.output_dir)
+        self.rank0 = fabric.global_rank == 0
+        self.started = time.perf_counter()
+        if self.rank0:
+            prepare_run_folder(self.dir, cfg.overwrite)
+            save_config(cfg, self.dir / "config.yaml")
+        fabric.barrier()
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.sampler = task.make_sampler(fabric.global_rank, fabric.world_size)
+        self.batches = _ResumableBatches(self.sampler)
+        self.trainer = Trainer(fabric, task.build_model(), cfg, len(self.sampler))
+        self.state = RunState()
+        self.rng: torch.Tensor | None = None
+        if cfg.resume:
+            self._restore(load_checkpoint(self.dir / "last.pth"))
+        self.loader = DataLoader(
+            task.dataset,
+            batch_sampler=self.batches,
+            num_workers=cfg.workers,
+            collate_fn=collate_skip_bad,
+            pin_memory=fabric.device.type == "cuda",
+        )
+        self.bad_seen: set[int] = set()
+        self.writer = None
+        if self.rank0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.dir / "tensorboard"))
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(ckpt)
+        saved = ckpt["run"]
+        self.state = RunState(**saved)
+        rng = ckpt.get("rng")
+        if self.state.step and rng is not None and len(rng) == self.fabric.world_size:
+            self.rng = rng[self.fabric.global_rank]
+        log.info(
+            "resuming %s at epoch %d%s",
+            self.dir / "last.pth",
+            self.state.epoch + 1,
+            f", batch {self.state.step + 1}" if self.state.step else "",
+        )
+
+    def _save(self, name: str, rng: torch.Tensor | None = None) -> None:
+        if self.rank0:
+            extra = {"rng": rng} if rng is not None else {}
+            save_checkpoint(
+                self.dir / name,
+                self.trainer.module,
+                self.cfg.to_dict(),
+                epoch=self.state.epoch,
+                metric=self.task.metric,
+                run=vars(self.state),
+                **self.trainer.state_dict(),
+                **extra,
+            )
+
+    # ----------------------------------------------------------------- the loop
+
+    def execute(self) -> int:
+        with _StopRequest() as stop:
+            try:
+                if self.state.epoch == 0 and self.state.step == 0 and not self.state.history:
+                    self._end_epoch(0, {})
+                while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+                    epoch = self.state.epoch + 1
+                    stats = self._train_epoch(epoch, stop)
+                    if stats is None:
+                        return self._interrupted()
+                    self._end_epoch(epoch, stats)
+            finally:
+                if self.writer is not None:
+                    self.writer.close()
+        self._finish()
+        return 0
+
+    def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict[str, float] | None:
+        """Train one epoch; returns its statistics, or None when a stop was requested (after saving)."""
+        fabric, cfg = self.fabric, self.cfg
+        resume_step, self.state.step = self.state.step, 0
+        self.sampler.set_epoch(epoch)
+        self.batches.skip = resume_step
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, fabric.global_rank))
+        batches = iter(self.loader)
+        sums = torch.zeros(3, device=fabric.device)
+        counts = torch.zeros(4, device=fabric.device)  # steps, images, bad images, skipped steps
+        elapsed = 0.0
+        if resume_step:
+            partial = torch.tensor(self.state.partial, device=fabric.device)
+            sums, counts, elapsed = partial[:3].clone(), partial[3:7].clone(), float(partial[7])
+            if self.rng is not None:
+                torch.set_rng_state(self.rng)
+        in_a_row = 0
+        start = time.perf_counter() - elapsed
+        bar = tqdm(
+            total=len(self.sampler),
+            initial=resume_step,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=None if self.rank0 else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.trainer.model.train()
+        for step, (images, labels, indices, bad) in enumerate(batches, start=resume_step + 1):
+            expected = len(indices) + len(bad)
+            if bad:
+                self._log_bad(bad)
+                counts[2] += len(bad)
+            stop_now, empty = stop.requested, len(labels) == 0
+            if fabric.world_size > 1:  # every rank must take the same branch, or DDP deadlocks
+                flags = fabric.all_reduce(
+                    torch.tensor([stop_now, empty], dtype=torch.float32, device=fabric.device),
+                    reduce_op="sum",
+                )
+                stop_now, empty = bool(flags[0] > 0), bool(flags[1] > 0)
+                if not empty and len(labels) < expected:  # same shape on every rank for the gather
+                    fill = torch.arange(expected) % len(labels)
+                    images, labels = images[fill], labels[fill]
+            out = None if empty else self.trainer.step(images, labels)
+            if out is None:
+                counts[3] += 1
+                in_a_row += 1
+                if in_a_row >= cfg.max_bad_steps:
+                    raise UserError(
+                        f"the loss was NaN/inf (or the batch unreadable) for {in_a_row} steps in a row "
+                        f"in epoch {epoch}: lower --lr or check the data (last.pth holds the last good epoch)"
+                    )
+            else:
+                in_a_row = 0
+                sums += out
+                counts[0] += 1
+                counts[1] += len(labels)
+                if self.writer is not None and step % LOG_EVERY == 0:
+                    loss = float(out[0])
+                    self.writer.add_scalar("train/step_loss", loss, (epoch - 1) * len(self.sampler) + step)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+            bar.update()
+            if stop_now and step < len(self.sampler):
+                bar.close()
+                self._save_interrupted(epoch, step, sums, counts, time.perf_counter() - start)
+                return None
+        bar.close()
+        elapsed = time.perf_counter() - start
+        totals = fabric.all_reduce(torch.cat([sums, counts]), reduce_op="sum").tolist()
+        steps, images, bad_images, skipped = totals[3:7]
+        self.state.skipped_steps += int(skipped)
+        means = [value / max(steps, 1) for value in totals[:3]] if steps else [math.nan] * 3
+        stats = {name: mean for name, mean in zip(LOSS_NAMES, means, strict=True) if not math.isnan(mean)}
+        stats.update(self.trainer.lrs())
+        stats.update(images_per_s=images / max(elapsed, 1e-9), bad_images=bad_images, skipped_steps=skipped)
+        return stats
+
+    def _log_bad(self, bad: list[int]) -> None:
+        new = [i for i in bad if i not in self.bad_seen]
+        self.bad_seen.update(new)
+        if new:
+            with (self.dir / "bad_images.txt").open("a", encoding="utf-8") as handle:
+                handle.writelines(f"{self.task.paths[i]}\n" for i in new)
+            log.warning(
+                "skipped %d unreadable image(s), e.g. %s (see bad_images.txt)",
+                len(new),
+                self.task.paths[new[0]],
+            )
+
+    def _save_interrupted(
+        self, epoch: int, step: int, sums: torch.Tensor, counts: torch.Tensor, elapsed: float
+    ) -> None:
+        rng = self.fabric.all_gather(self.fabric.to_device(torch.get_rng_state())).cpu()
+        if self.fabric.world_size == 1:
+            rng = rng.unsqueeze(0)
+        self.state.step = step
+        self.state.partial = [*sums.tolist(), *counts.tolist(), elapsed]
+        self.state.wall_time_s += time.perf_counter() - self.started
+        self._save("last.pth", rng=rng)
+        self.fabric.barrier()
+
+    def _interrupted(self) -> int:
+        if self.rank0:
+            print(
+                f"megastarid: interrupted in epoch {self.state.epoch + 1}; saved {self.dir / 'last.pth'}.\n"
+                f"  resume with: python -m megastarid.{self.task.name} --output-dir {self.dir} --resume",
+                flush=True,
+            )
+        return INTERRUPTED
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.rank0:
+            module = self.trainer.module
+            module.eval()
+            with torch.no_grad():
+                metrics = self.task.evaluate(module, self.fabric.device)
+            module.train()
+        return self.fabric.broadcast(metrics, src=0)
+
+    def _end_epoch(self, epoch: int, stats: dict[str, float]) -> None:
+        """Evaluate when due, then record the epoch: history row, best.pth, last.pth, early stopping."""
+        cfg, state = self.cfg, self.state
+        due = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        metrics = self._evaluate() if due else {}
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **stats, **metrics})
+        score = metrics.get(self.task.metric)
+        if score is not None and score > state.best_metric:
+            state.best_metric, state.best_epoch = float(score), epoch
+            self._save("best.pth")
+        if cfg.patience and score is not None and epoch - state.best_epoch >= cfg.patience:
+            state.stopped_early = True
+            log.info(
+                "early stop: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                self.task.metric,
+                epoch - state.best_epoch,
+                state.best_metric,
+                state.best_epoch,
+            )
+        state.wall_time_s += time.perf_counter() - self.started
+        self.started = time.perf_counter()
+        self._save("last.pth")
+        if self.rank0:
+            write_history(self.dir / "history.csv", state.history)
+            assert self.writer is not None
+            for key, value in state.history[-1].items():
+                if key != "epoch":
+                    self.writer.add_scalar(key.replace("@", "_at_"), value, epoch)
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in {**stats, **metrics}.items() if k in _SHOWN or k in metrics
+            )
+            log.info("epoch %d/%d: %s", epoch, cfg.epochs, shown)
+        self.fabric.barrier()
+
+    def _finish(self) -> None:
+        """After the last epoch (rank 0): curves, the strategy's report from best.pth, run_summary.json."""
+        if self.rank0:
+            state = self.state
+            prefix = self.task.metric.removesuffix("mAP")
+            plot_training_curves(state.history, self.dir / "training_curves.png", prefix)
+            if self.task.final_report is not None:
+                model, _ = load_model_from_checkpoint(self.dir / "best.pth", self.fabric.device)
+                with torch.no_grad():
+                    self.task.final_report(model, self.fabric.device, self.dir)
+            bad_file = self.dir / "bad_images.txt"
+            bad = len(set(bad_file.read_text(encoding="utf-8").splitlines())) if bad_file.exists() else 0
+            write_json(
+                self.dir / "run_summary.json",
+                {
+                    "status": "finished",
+                    "best_epoch": state.best_epoch,
+                    "best_metric": state.best_metric,
+                    "metric": self.task.metric,
+                    "epochs_completed": state.epoch,
+                    "stopped_early": state.stopped_early,
+                    "wall_time_s": round(state.wall_time_s + time.perf_counter() - self.started, 3),
+                    "bad_images": bad,
+                    "skipped_steps": state.skipped_steps,
+                },
+            )
+            log.info(
+                "done: best %s %.4f at epoch %d; results in %s",
+                self.task.metric,
+                state.best_metric,
+                state.best_epoch,
+                self.dir,
+            )
+        self.fabric.barrier()
