@@ -52,6 +52,7 @@ NPZ_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(EmbeddingSet))
 def save_embeddings(path: Path, embeddings: EmbeddingSet) -> Path:
     """Write the arrays atomically (temp file + rename) as an uncompressed ``.npz``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as handle:
         np.savez(handle, **{name: getattr(embeddings, name) for name in NPZ_ARRAYS})
