@@ -92,6 +92,16 @@ def test_summary_gives_mean_and_std_over_seeds_and_marks_the_best(tmp_path):
     assert "`pretrain_finetune-triplet-seed1` failed: finetune: loading... | megastarid: error:" in text
 
 
+def test_ties_for_best_are_all_marked(tmp_path):
+    for strategy in ("star_only", "cotrain"):
+        folder = tmp_path / f"{strategy}-circle-seed0"
+        finish(folder / ("finetune" if strategy == "star_only" else "cotrain"), 0.4, 0.5, wall=1.0)
+    config = GridConfig(strategies=("star_only", "cotrain"), losses=("circle",), output_dir=tmp_path)
+    write_results(build_plan(config), tmp_path)
+    text = (tmp_path / "grid_summary.md").read_text()
+    assert text.count("| **0.400** (n=1) |") == 2 and text.count("| **0.500** (n=1) |") == 2
+
+
 def test_plot_is_written_even_before_anything_finished(tmp_path):
     config = make_grid(tmp_path)
     write_results(build_plan(config), tmp_path)

@@ -119,13 +119,13 @@ def _cell(row: pd.Series, metric: str, best: bool) -> str:
 def _table(summary: pd.DataFrame, metric: str) -> list[str]:
     losses = list(dict.fromkeys(summary["loss"]))
     means = summary[f"{metric}_mean"]
-    best = means.idxmax() if means.notna().any() else None
+    best = set(summary.index[means == means.max()])  # every cell tied for best
     lines = ["| strategy | " + " | ".join(losses) + " |", "|---|" + "---|" * len(losses)]
     for strategy in dict.fromkeys(summary["strategy"]):
         cells = []
         for loss in losses:
             match = summary[(summary["strategy"] == strategy) & (summary["loss"] == loss)]
-            cells.append(_cell(match.iloc[0], metric, match.index[0] == best) if len(match) else "")
+            cells.append(_cell(match.iloc[0], metric, match.index[0] in best) if len(match) else "")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     return lines
 
