@@ -66,6 +66,35 @@ def test_matches_plain_market1501_with_ties_singletons_and_unmatched_queries(see
     assert mean_ap(results) == pytest.approx(np.nanmean(aps))
 
 
+def perturbed(rng: np.random.Generator, patterns: np.ndarray, ids: np.ndarray, moves: int) -> np.ndarray:
+    """Each row: its identity's pattern with ``moves`` of its four +-0.5 entries moved (still unit norm)."""
+    out = patterns[ids].copy()
+    for row in out:
+        on = np.flatnonzero(row)
+        off = np.flatnonzero(row == 0)
+        moved = zip(rng.choice(on, moves, replace=False), rng.choice(off, moves, replace=False), strict=True)
+        for old, new in moved:
+            row[new], row[old] = rng.choice([-0.5, 0.5]), 0.0
+    return out
+
+
+def test_matches_plain_market1501_on_clustered_ties() -> None:
+    """A useful model: few negatives outscore the positives (the engine's gathered-candidates path)."""
+    rng = np.random.default_rng(7)
+    patterns = tied_embeddings(rng, 40, dim=48)
+    gallery_ids = np.concatenate([rng.integers(0, 30, 200), np.arange(30, 40)])
+    query_ids = np.concatenate([rng.integers(0, 40, 120), [99, 98]])
+    gallery = perturbed(rng, patterns, gallery_ids, 1)
+    query = perturbed(rng, patterns, query_ids % 40, 1)
+
+    results = rank_queries(query, query_ids, gallery, gallery_ids, chunk_size=16)
+    ranks, aps = market1501_reference(query, query_ids, gallery, gallery_ids)
+
+    np.testing.assert_array_equal(results.first_rank, ranks)
+    np.testing.assert_allclose(results.average_precision, aps, rtol=1e-12, equal_nan=True)
+    assert 0.3 < mean_ap(results) < 0.95 and results.num_skipped == 2
+
+
 def test_chunk_size_and_string_identities_do_not_change_results() -> None:
     rng = np.random.default_rng(5)
     gallery_ids = np.array([f"SiteA/star{i}" for i in rng.integers(0, 20, 120)])

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 #: Default memory budget of one query chunk's working tensors (scores, buckets, histogram input).
 CHUNK_BYTES = 256 * 2**20
-#: Bytes per (query, gallery) pair that one chunk holds at its peak: float32 scores + int32 buckets + slack.
+#: Bytes per (query, gallery) pair one chunk holds at its peak: float32 scores, bool mask, int32 buckets.
 _BYTES_PER_PAIR = 12
 
 #: Returns the (len(rows), gallery_size) float32 scores of the query rows given as an index tensor.
@@ -161,7 +161,6 @@ def _rank_chunk(
     counts: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First rank and AP of a chunk of scored queries (every row has at least one positive)."""
-    rows = scores.shape[0]
     num_pos = counts[codes]
     width = int(num_pos.max())
     slot = torch.arange(width, device=scores.device)
@@ -172,11 +171,7 @@ def _rank_chunk(
     pos_sorted = pos_scores.sort(dim=1).values
     # Positives must not count as negatives: move them below every bucket before the search.
     scores.scatter_(1, positives, float("-inf"))
-    bucket = torch.searchsorted(pos_sorted, scores, right=True, out_int32=True)
-    del scores
-    bucket += (torch.arange(rows, device=bucket.device, dtype=torch.int32) * (width + 1))[:, None]
-    hist = torch.bincount(bucket.view(-1), minlength=rows * (width + 1)).view(rows, width + 1)
-    del bucket
+    hist = _negative_histogram(scores, pos_sorted)
     # neg_ge[:, i] = negatives scoring >= the (i+1)-th smallest positive score.
     neg_ge = hist.flip(1).cumsum(1).flip(1)[:, 1:]
     k = (num_pos[:, None] - slot[None, :]).clamp(min=1)
@@ -184,6 +179,32 @@ def _rank_chunk(
     ap = precision.sum(1) / num_pos.double()
     first_rank = 1 + neg_ge.gather(1, (num_pos - 1)[:, None]).squeeze(1)
     return first_rank, ap
+
+
+def _negative_histogram(scores: torch.Tensor, pos_sorted: torch.Tensor) -> torch.Tensor:
+    """``hist[r, b]`` = negatives of row r with exactly b positive scores <= their score (b >= 1 only).
+
+    Only negatives scoring at least a row's lowest positive matter. With a useful model they are a
+    small fraction of the gallery: those are gathered and searched alone. Otherwise every score is
+    searched in place.
+    """
+    rows, stride = pos_sorted.shape[0], pos_sorted.shape[1] + 1
+    candidates = scores >= pos_sorted[:, :1]
+    per_row = candidates.sum(dim=1, dtype=torch.int32)
+    total = int(per_row.sum())
+    row_ids = torch.arange(rows, device=scores.device)
+    if total * (stride - 1) <= scores.numel():
+        values = scores[candidates]
+        del candidates
+        owner = torch.repeat_interleave(row_ids, per_row)
+        bucket = torch.searchsorted(pos_sorted[owner], values[:, None], right=True).squeeze(1)
+        flat = owner * stride + bucket
+    else:
+        del candidates
+        flat = torch.searchsorted(pos_sorted, scores, right=True, out_int32=True)
+        flat += (row_ids.to(torch.int32) * stride)[:, None]
+        flat = flat.view(-1)
+    return torch.bincount(flat, minlength=rows * stride).view(rows, stride)
 
 
 def cmc(results: QueryResults, ks: Iterable[int]) -> dict[int, float]:
