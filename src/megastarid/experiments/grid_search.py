@@ -32,6 +32,7 @@ from megastarid.experiments.plan import (
     assign_devices,
     build_plan,
     format_plan,
+    plural,
     with_existing,
 )
 from megastarid.experiments.results import RESULTS_CSV, RESULTS_PNG, SUMMARY_MD, write_results
@@ -247,8 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     check_gpus(config.gpus)
     log.info(
-        "grid search: %d experiments, %d to run, %d finished; output %s",
-        len(experiments), len(assignment), len(experiments) - len(assignment), config.output_dir,
+        "grid search: %s, %d to run, %d finished; output %s",
+        plural(len(experiments), "experiment"), len(assignment), len(experiments) - len(assignment),
+        config.output_dir,
     )
     try:
         outcomes = run_grid(experiments, assignment, slots, device)
@@ -259,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print((config.output_dir / SUMMARY_MD).read_text(encoding="utf-8"))
     failed = [name for name, outcome in outcomes.items() if outcome.status == "failed"]
     if failed:
-        log.info("%d of %d experiments failed (errors in %s): %s",
-                 len(failed), len(experiments), RESULTS_CSV, ", ".join(failed))
+        log.info("%d of %s failed (errors in %s): %s",
+                 len(failed), plural(len(experiments), "experiment"), RESULTS_CSV, ", ".join(failed))
     return 1 if failed else 0
 
 

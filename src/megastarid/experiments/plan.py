@@ -224,9 +224,9 @@ def assign_devices(experiments: Sequence[Experiment], slots: Sequence[int | None
     return assignment
 
 
-def _count(number: int, noun: str) -> str:
-    plural = {"strategy": "strategies", "loss": "losses"}.get(noun, noun + "s")
-    return f"{number} {noun if number == 1 else plural}"
+def plural(number: int, noun: str) -> str:
+    many = {"strategy": "strategies", "loss": "losses"}.get(noun, noun + "s")
+    return f"{number} {noun if number == 1 else many}"
 
 
 def device_label(gpu: int | None, default_device: str) -> str:
@@ -241,7 +241,7 @@ def format_plan(
 ) -> str:
     """The human-readable plan: each experiment with loss weights, device, folder and phase commands."""
     counts = " × ".join(
-        _count(len(items), noun)
+        plural(len(items), noun)
         for items, noun in ((config.strategies, "strategy"), (config.losses, "loss"), (config.seeds, "seed"))
     )
     if config.gpus:

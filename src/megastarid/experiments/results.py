@@ -22,6 +22,7 @@ from megastarid.experiments.plan import (
     STATUS_FILE,
     Experiment,
     PhaseState,
+    plural,
     read_json,
 )
 
@@ -137,7 +138,7 @@ def summary_markdown(results: pd.DataFrame, output_dir: Path) -> str:
     lines = [
         "# Grid search summary",
         "",
-        f"Output folder `{output_dir}`: {len(results)} experiments ({status_text}).",
+        f"Output folder `{output_dir}`: {plural(len(results), 'experiment')} ({status_text}).",
         "Star query numbers of the final phase's best checkpoint, mean ± std over seeds "
         "(n = finished seeds); **bold** = best.",
     ]
