@@ -155,3 +155,9 @@ def test_ensure_synthetic_regenerates_for_a_new_generator_version(
 def test_ensure_synthetic_rejects_an_unknown_kind(small_defaults: Path) -> None:
     with pytest.raises(UserError, match="'cats'"):
         ensure_synthetic("cats")  # type: ignore[arg-type]
+
+
+def test_an_animal_its_outing_and_its_photo_draw_from_different_streams() -> None:
+    draws = {synth.canvas.seeded_rng(*key).random() for key in [(0, 1, 2), (0, 1, 2, 0), (0, 1, 2, 0, 0)]}
+    assert len(draws) == 3
+    assert synth.canvas.seeded_rng(5, 1).random() == synth.canvas.seeded_rng(5, 1).random()

@@ -31,8 +31,12 @@ GROUND_COLOURS = np.array(
 
 
 def seeded_rng(*keys: int) -> np.random.Generator:
-    """A generator for one (set, animal, outing, photo) key: independent of the order things are drawn in."""
-    return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
+    """A generator for one (set, animal, outing, photo) key: independent of the order things are drawn in.
+
+    The key length leads the entropy because SeedSequence ignores trailing zeros: without it an animal's
+    stream would equal the stream of its first outing and of that outing's first photo.
+    """
+    return np.random.default_rng(np.random.SeedSequence([len(keys), *(int(k) for k in keys)]))
 
 
 def pose_matrix(

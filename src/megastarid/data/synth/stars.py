@@ -42,6 +42,27 @@ SITES = {
 STARS_KEY = 1  # first seed key of the star set, so it never shares a stream with the wildlife set
 
 
+#: Arm-count classes and mark styles: with light/dark marks they make 36 coarse signatures, so every
+#: individual of a set up to that size differs in shape or pattern (never only in colour); the fine
+#: details (exact arm count, arm lengths, spot layout, band positions) differ within a signature.
+ARM_CLASSES = ((5, 6, 7), (8, 9, 10, 11, 12, 13), tuple(range(14, 25)))
+MARK_STYLES = ("spots", "speckles", "bands", "alternate_bands", "ring", "stripe")
+SIGNATURES = len(ARM_CLASSES) * len(MARK_STYLES) * 2
+
+
+def _spots(
+    rng: np.random.Generator, arms: int, count: int, size: tuple[float, float], on_disc: float
+) -> np.ndarray:
+    """(count, 4) spots: arm index (-1 = disc), position along/angle, offset across/radius, size."""
+    disc = rng.random(count) < on_disc
+    return np.c_[
+        np.where(disc, -1, rng.integers(0, arms, count)),
+        np.where(disc, rng.uniform(0, 2 * np.pi, count), rng.uniform(0.15, 0.9, count)),
+        np.where(disc, rng.uniform(0.2, 0.8, count), rng.uniform(-0.6, 0.6, count)),
+        rng.uniform(*size, count),
+    ]
+
+
 @dataclass(frozen=True)
 class StarIdentity:
     """What makes one individual itself. Unit frame: the longest arm reaches about 1."""
@@ -56,24 +77,28 @@ class StarIdentity:
     light_marks: bool  # marks lighter (True) or darker than the body
     bands: np.ndarray  # (B, 2) transverse bands: position along the arm, thickness
     band_every: int  # bands on every k-th arm
-    spots: np.ndarray  # (M, 4) arm index (-1 = disc), position along/angle, offset across/radius, size
+    stripe: bool  # a mark stripe along every arm
+    spots: np.ndarray  # see _spots
     disc_ring: float  # radius of a ring on the disc (0 = none)
     injury: tuple[int, int]  # (arm, first outing it is missing from), arm -1 = never injured
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, outings: int) -> StarIdentity:
-        arms = int(rng.choice([5, 5, 6, 7, 8, 10, 12, *range(14, 25)]))
+    def draw(cls, rng: np.random.Generator, outings: int, signature: int | None = None) -> StarIdentity:
+        """A random individual; ``signature`` (0..SIGNATURES-1) fixes its arm class, mark style and tone."""
+        if signature is None:
+            signature = int(rng.integers(SIGNATURES))
+        arm_class, rest = signature % len(ARM_CLASSES), signature // len(ARM_CLASSES)
+        style, light = MARK_STYLES[rest % len(MARK_STYLES)], rest // len(MARK_STYLES) == 1
+        arms = int(rng.choice(ARM_CLASSES[arm_class]))
         disc = float(rng.uniform(0.22, 0.36))
-        width = min(float(rng.uniform(0.08, 0.16)), 0.95 * np.pi * disc / arms + 0.02)
-        n_spots = int(rng.integers(6, 16))
-        on_disc = rng.random(n_spots) < 0.35
-        spots = np.c_[
-            np.where(on_disc, -1, rng.integers(0, arms, n_spots)),
-            np.where(on_disc, rng.uniform(0, 2 * np.pi, n_spots), rng.uniform(0.15, 0.9, n_spots)),
-            np.where(on_disc, rng.uniform(0.2, 0.8, n_spots), rng.uniform(-0.6, 0.6, n_spots)),
-            rng.uniform(0.035, 0.075, n_spots),
-        ]
-        n_bands = int(rng.integers(0, 4))
+        width = min(float(rng.uniform(0.09, 0.16)), 0.95 * np.pi * disc / arms + 0.02)
+        if style == "spots":
+            spots = _spots(rng, arms, int(rng.integers(8, 15)), (0.05, 0.08), 0.35)
+        elif style == "speckles":
+            spots = _spots(rng, arms, int(rng.integers(24, 37)), (0.025, 0.04), 0.25)
+        else:
+            spots = _spots(rng, arms, int(rng.integers(3, 7)), (0.04, 0.06), 0.5)
+        n_bands = {"bands": int(rng.integers(2, 4)), "alternate_bands": int(rng.integers(1, 4))}.get(style, 0)
         injured = outings >= 2 and rng.random() < 0.4
         return cls(
             arms=arms,
@@ -81,13 +106,14 @@ class StarIdentity:
             disc=disc,
             lengths=rng.uniform(0.72, 1.0, arms),
             width=width,
-            taper=float(rng.uniform(0.45, 0.8)),
+            taper=float(rng.uniform(0.45, 0.75)),
             base=PALETTE[rng.integers(len(PALETTE))].astype(float),
-            light_marks=bool(rng.random() < 0.5),
-            bands=np.c_[np.sort(rng.uniform(0.3, 0.9, n_bands)), rng.uniform(0.04, 0.08, n_bands)],
-            band_every=int(rng.choice([1, 1, 2, 3])),
+            light_marks=light,
+            bands=np.c_[np.sort(rng.uniform(0.25, 0.85, n_bands)), rng.uniform(0.05, 0.08, n_bands)],
+            band_every=2 if style == "alternate_bands" else 1,
+            stripe=style == "stripe",
             spots=spots,
-            disc_ring=float(rng.uniform(0.45, 0.8) if rng.random() < 0.5 else 0.0),
+            disc_ring=float(rng.uniform(0.55, 0.85)) if style == "ring" else 0.0,
             injury=(int(rng.integers(arms)), int(rng.integers(1, outings))) if injured else (-1, 0),
         )
 
@@ -166,7 +192,9 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
         draw.polygon(project(shadow, _arm_outline(arm)), fill=(40, 40, 40))
     for arm in arms:
         draw.polygon(project(matrix, _arm_outline(arm)), fill=_colour(body))
-        draw.polygon(project(matrix, _arm_outline(arm, 0.3)), fill=_colour(body * 1.12))
+        draw.polygon(
+            project(matrix, _arm_outline(arm, 0.3)), fill=_colour(marks if star.stripe else body * 1.12)
+        )
     draw.polygon(
         project(matrix, ellipse_points(np.zeros(2), (star.disc, star.disc), n=24)), fill=_colour(body)
     )
@@ -188,7 +216,7 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
         else:
             centre = _along(arms[int(arm_index)], float(np.clip(pos, 0, 1)), across)
         draw.polygon(project(matrix, ellipse_points(centre, (radius, radius), n=8)), fill=_colour(marks))
-    if rng.random() < 0.4:
+    if rng.random() < 0.3:
         occlude(image, rng, matrix, int(rng.integers(1, 3)))
     return develop(image, Camera.draw(rng), rng, size)
 
@@ -202,11 +230,12 @@ def write_stars(root: Path, identities: int, seed: int, image_size: int) -> int:
     """Write the tree ``root/<DATASET>/<individual>/<outing>/*.jpg``; returns the number of images."""
     sites = list(SITES)
     first_reef = int(np.ceil(identities * 0.6))
+    signatures = seeded_rng(seed, STARS_KEY).permutation(SIGNATURES)
     written = 0
     for index in range(identities):
         rng = seeded_rng(seed, STARS_KEY, index)
         outings = 1 if rng.random() < 0.15 else int(rng.integers(2, 7))
-        star = StarIdentity.draw(rng, outings)
+        star = StarIdentity.draw(rng, outings, int(signatures[index % SIGNATURES]))
         site = sites[index >= first_reef]
         individual = f"star_{index + 1:03d}"
         date = dt.date(2023, 1, 1) + dt.timedelta(days=int(rng.integers(0, 500)))
