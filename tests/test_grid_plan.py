@@ -176,9 +176,10 @@ def test_phase_state_is_read_from_the_run_folder(tmp_path):
     assert phase_state("pretrain", tmp_path / "torn") is PhaseState.OVERWRITE
 
 
-def test_dry_run_shows_what_a_rerun_will_do(tmp_path, capsys):
+def test_dry_run_shows_what_a_rerun_will_do(tmp_path, capsys, caplog):
     out = tmp_path / "grid"
     write_run(out / "star_only-circle-seed0" / "finetune", finished=True, star=True, last=True)
+    (out / "star_only-circle-seed0" / "finetune" / "config.yaml").write_text("epochs: 7\nseed: 0\n")
     write_run(out / "pretrain_finetune-circle-seed0" / "pretrain", finished=True, star=False, last=True)
     write_run(out / "pretrain_finetune-circle-seed0" / "finetune", finished=False, star=False, last=True)
     write_run(out / "cotrain-circle-seed0" / "cotrain", finished=False, star=False, last=False)
@@ -190,6 +191,8 @@ def test_dry_run_shows_what_a_rerun_will_do(tmp_path, capsys):
     assert set(cmds) == {"megastarid.finetune", "megastarid.cotrain"}  # nothing for finished phases
     assert cmds["megastarid.finetune"][-1] == "--resume"
     assert cmds["megastarid.cotrain"][-1] == "--overwrite"
+    # a finished run kept from an earlier call with other epochs is pointed out
+    assert "star_only-circle-seed0/finetune finished with 7 epochs, not 25" in caplog.text
 
 
 def test_results_also_cover_experiments_found_in_the_output_folder(tmp_path):

@@ -31,6 +31,7 @@ from megastarid.experiments.plan import (
     GridConfig,
     assign_devices,
     build_plan,
+    epoch_mismatches,
     format_plan,
     plural,
     with_existing,
@@ -242,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     slots: list[int | None] = list(config.gpus) or [None]
     assignment = assign_devices(experiments, slots)
     device = default_device()
+    for note in epoch_mismatches(experiments):
+        log.warning("kept as finished: %s (use a new --output-dir to train it again)", note)
     if dry_run:
         print(format_plan(config, experiments, assignment, device))
         print("\n--dry-run: nothing was trained.")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import yaml
+
 #: strategy -> training phases in order (each phase is ``python -m megastarid.<phase>``)
 STRATEGIES: dict[str, tuple[str, ...]] = {
     "pretrain_finetune": ("pretrain", "finetune"),
@@ -193,6 +195,24 @@ def build_plan(config: GridConfig) -> list[Experiment]:
     ]
 
 
+def epoch_mismatches(experiments: Sequence[Experiment]) -> list[str]:
+    """Finished phases trained for another number of epochs than planned: a rerun keeps (skips) them,
+    so the user should know their table mixes settings."""
+    notes = []
+    for experiment in experiments:
+        for phase in experiment.phases:
+            if phase.state() is not PhaseState.FINISHED:
+                continue
+            try:
+                saved = yaml.safe_load((phase.run_dir / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue
+            epochs = saved.get("epochs") if isinstance(saved, dict) else None
+            if isinstance(epochs, int) and epochs != phase.epochs:
+                notes.append(f"{phase.run_dir} finished with {epochs} epochs, not {phase.epochs}")
+    return notes
+
+
 def with_existing(config: GridConfig, planned: Sequence[Experiment]) -> list[Experiment]:
     """The planned experiments plus any other grid experiment already in the output folder.
 
@@ -249,7 +269,7 @@ def format_plan(
     else:
         devices = f"{default_device}, one experiment after another"
     lines = [
-        f"Grid search: {len(experiments)} experiments ({counts}), output {config.output_dir}",
+        f"Grid search: {plural(len(experiments), 'experiment')} ({counts}), output {config.output_dir}",
         f"Devices: {devices}",
     ]
     for index, experiment in enumerate(experiments, 1):
