@@ -60,9 +60,12 @@ def wildlife_catalogue(cfg: PretrainConfig | Any) -> pd.DataFrame:
     return load_wildlife_catalogue(root, datasets=datasets, species=species)
 
 
-def train_set(catalogue: pd.DataFrame, transform: Callable, image_size: int, k: int, what: str) -> TrainSet:
+def train_set(
+    catalogue: pd.DataFrame, transform: Callable, image_size: int, k: int, what: str, label_offset: int = 0
+) -> TrainSet:
     """The ``split == "train"`` rows (star gallery side, wildlife official train) as a dataset.
 
+    Labels are ``label_offset + 0..N-1`` (an offset keeps two sets' identities apart when co-training).
     Checks that ``--num-instances`` K is reachable before any work starts.
     """
     rows = catalogue[catalogue["split"] == "train"]
@@ -75,7 +78,7 @@ def train_set(catalogue: pd.DataFrame, transform: Callable, image_size: int, k: 
             f"--num-instances {k}: no identity in {what} has {k} training images "
             f"(the most is {counts.max()}); lower --num-instances"
         )
-    paths = rows["path"].tolist()
+    paths, labels = rows["path"].tolist(), labels + label_offset
     return TrainSet(paths, labels, ImageDataset(paths, labels.tolist(), transform, image_size))
 
 
@@ -84,9 +87,11 @@ def star_train_set(catalogue: pd.DataFrame, cfg: TrainConfig) -> TrainSet:
     return train_set(catalogue, transform, cfg.image_size, cfg.num_instances, "star_dataset")
 
 
-def wildlife_train_set(catalogue: pd.DataFrame, cfg: TrainConfig) -> TrainSet:
+def wildlife_train_set(catalogue: pd.DataFrame, cfg: TrainConfig, label_offset: int = 0) -> TrainSet:
     transform = build_wildlife_train_transform(cfg.image_size)
-    return train_set(catalogue, transform, cfg.image_size, cfg.num_instances, "the wildlife set")
+    return train_set(
+        catalogue, transform, cfg.image_size, cfg.num_instances, "the wildlife set", label_offset
+    )
 
 
 def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:

@@ -146,6 +146,9 @@ class Trainer:
         warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
         self.scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
         self.model, self.optimizer = fabric.setup(model, optimizer)
+        # A NaN batch poisons BatchNorm running statistics in the forward pass itself; keep a copy to undo it.
+        self._buffers = [b for b in model.buffers() if b.is_floating_point()]
+        self._buffer_backup = [b.detach().clone() for b in self._buffers]
         self.criterion = ReIDLoss(
             cfg.circle_weight,
             cfg.triplet_weight,
@@ -166,8 +169,12 @@ class Trainer:
         images, labels = self.fabric.to_device(images), self.fabric.to_device(labels)
         if self.on_gpu:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self._buffers:
+            torch._foreach_copy_(self._buffer_backup, self._buffers)
         loss, parts = self.criterion(self.model(images), labels)
         if not torch.isfinite(loss):
+            if self._buffers:
+                torch._foreach_copy_(self._buffers, self._buffer_backup)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.fabric.backward(loss)

@@ -1,0 +1,145 @@
+"""The three training commands end to end on tiny synthetic data, through their real ``main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from megastarid import cotrain, finetune, pretrain
+from megastarid.console import run_main
+from megastarid.data.catalogue import load_star_catalogue
+from megastarid.data.synth import generate_stars, generate_wildlife
+from megastarid.models import load_checkpoint
+
+TINY = [
+    "--backbone",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-instances",
+    "2",
+    "--workers",
+    "0",
+    "--epochs",
+    "1",
+    "--warmup-epochs",
+    "0",
+    "--lr",
+    "1e-3",
+    "--eval-batch-size",
+    "32",
+]
+STAR_REPORTS = ("star_identity_metrics.csv", "star_folder_metrics.csv", "star_evaluation_summary.json")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {
+        "stars": generate_stars(root / "stars", identities=6, image_size=48),
+        "wildlife": generate_wildlife(root / "wildlife", identities=8, image_size=48),
+    }
+
+
+def read_summary(run: Path) -> dict:
+    return json.loads((run / "run_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[str, Path]) -> None:
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert pretrain.main(["--output-dir", str(pre), "--wildlife-root", str(data["wildlife"]), *TINY]) == 0
+    history = pd.read_csv(pre / "history.csv")
+    assert history["epoch"].tolist() == [0, 1] and "wildlife_mAP" in history
+    assert read_summary(pre)["status"] == "finished"
+    assert yaml.safe_load((pre / "config.yaml").read_text())["backbone"] == "test_resnet"
+
+    argv = [
+        "--output-dir",
+        str(fine),
+        "--star-root",
+        str(data["stars"]),
+        "--checkpoint",
+        str(pre / "best.pth"),
+        *TINY[2:],
+    ]  # the backbone comes from the checkpoint
+    assert finetune.main(argv) == 0
+    assert yaml.safe_load((fine / "config.yaml").read_text())["backbone"] == "test_resnet"
+    summary = read_summary(fine)
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 1
+    assert set(summary) >= {"best_epoch", "best_metric", "epochs_completed", "wall_time_s"}
+    for name in (*STAR_REPORTS, "best.pth", "last.pth", "history.csv", "training_curves.png"):
+        assert (fine / name).is_file(), name
+    columns = pd.read_csv(fine / "star_identity_metrics.csv").columns.tolist()
+    assert columns[:2] == ["identity", "folder"] and "CMC@20" in columns
+    report = json.loads((fine / "star_evaluation_summary.json").read_text())
+    assert report["mAP"] == pytest.approx(summary["best_metric"], abs=1e-6)  # the report is of best.pth
+
+
+@pytest.mark.slow
+def test_cotrain_mixes_both_sets(tmp_path: Path, data: dict[str, Path]) -> None:
+    run = tmp_path / "co"
+    argv = [
+        "--output-dir",
+        str(run),
+        "--star-root",
+        str(data["stars"]),
+        "--wildlife-root",
+        str(data["wildlife"]),
+        "--star-batch-ratio",
+        "0.5",
+        *TINY,
+    ]
+    assert cotrain.main(argv) == 0
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [0, 1] and history["star_mAP"].notna().all()
+    assert (run / "star_evaluation_summary.json").is_file()
+    assert load_checkpoint(run / "last.pth")["config"]["star_batch_ratio"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_corrupt_photo_is_skipped_logged_and_counted(tmp_path: Path, data: dict[str, Path]) -> None:
+    import shutil
+
+    stars = shutil.copytree(data["stars"], tmp_path / "stars")
+    catalogue = load_star_catalogue(stars)
+    broken = Path(catalogue.loc[catalogue["split"] == "train", "path"].iloc[0])
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
+    run = tmp_path / "run"
+    assert finetune.main(["--output-dir", str(run), "--star-root", str(stars), *TINY]) == 0
+    assert (run / "bad_images.txt").read_text().splitlines() == [str(broken)]
+    assert read_summary(run)["bad_images"] == 1
+    assert pd.read_csv(run / "history.csv")["bad_images"].iloc[1] >= 1
+
+
+def test_bad_options_fail_in_one_line_before_any_work(tmp_path: Path, data: dict[str, Path], capsys) -> None:
+    cases = [
+        (["--epochs", "-3"], "--epochs must be at least 1"),
+        (["--num-instances", "64", "--batch-size", "128"], "--num-instances 64: no identity"),
+        (["--circle-weight", "0", "--triplet-weight", "0"], "both 0"),
+        (["--star-root", str(tmp_path / "nowhere")], "does not exist"),
+    ]
+    for extra, message in cases:
+        argv = ["--output-dir", str(tmp_path / "run"), "--star-root", str(data["stars"]), *TINY, *extra]
+        assert run_main(finetune.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("megastarid: error: ") and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()
+    assert run_main(cotrain.main, ["--star-batch-ratio", "1.5"]) == 2
+    assert "--star-batch-ratio" in capsys.readouterr().err
+
+
+def test_checkpoint_and_backbone_must_agree(tmp_path: Path, data: dict[str, Path], capsys) -> None:
+    from megastarid.models import build_model, save_checkpoint
+
+    ckpt = tmp_path / "pre.pth"
+    save_checkpoint(ckpt, build_model("test_resnet", 16), {"backbone": "test_resnet", "embedding_dim": 16})
+    argv = ["--output-dir", str(tmp_path / "run"), "--checkpoint", str(ckpt), "--backbone", "resnet18"]
+    assert run_main(finetune.main, argv) == 2
+    assert "differs from the --checkpoint's test_resnet" in capsys.readouterr().err
