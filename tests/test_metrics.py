@@ -131,6 +131,13 @@ def test_score_matrix_entry_point_uses_higher_is_better() -> None:
     assert results.first_rank.tolist() == [3, 3]
 
 
+def test_signed_zero_scores_tie() -> None:
+    # -0.0 == +0.0: the wrong match at +0.0 ties with the right one at -0.0 and goes first.
+    scores = torch.tensor([[-1.0, 0.0, -1.0, -1.0, -0.0, -1.0, -1.0, -1.0, -1.0, -1.0]])
+    results = rank_score_matrix(scores, ["a"], ["b", "b", "b", "b", "a", "b", "b", "b", "b", "b"])
+    assert results.first_rank.tolist() == [2]
+
+
 def test_agrees_with_pytorch_metric_learning_on_tie_free_data() -> None:
     rng = np.random.default_rng(11)
     gallery_ids = rng.integers(0, 25, 200)

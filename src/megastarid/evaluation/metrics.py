@@ -185,19 +185,19 @@ def _negative_histogram(scores: torch.Tensor, pos_sorted: torch.Tensor) -> torch
     """``hist[r, b]`` = negatives of row r with exactly b positive scores <= their score (b >= 1 only).
 
     Only negatives scoring at least a row's lowest positive matter. With a useful model they are a
-    small fraction of the gallery: those are gathered and searched alone. Otherwise every score is
-    searched in place.
+    small fraction of the gallery: those are gathered and located among all rows' positives with a
+    single 1-D search on (row, score) keys. Otherwise every score is searched in place.
     """
-    rows, stride = pos_sorted.shape[0], pos_sorted.shape[1] + 1
+    rows, width = pos_sorted.shape
+    stride = width + 1
     candidates = scores >= pos_sorted[:, :1]
-    per_row = candidates.sum(dim=1, dtype=torch.int32)
-    total = int(per_row.sum())
     row_ids = torch.arange(rows, device=scores.device)
-    if total * (stride - 1) <= scores.numel():
-        values = scores[candidates]
+    if 4 * int(torch.count_nonzero(candidates)) <= scores.numel():
+        owner, column = candidates.nonzero(as_tuple=True)
         del candidates
-        owner = torch.repeat_interleave(row_ids, per_row)
-        bucket = torch.searchsorted(pos_sorted[owner], values[:, None], right=True).squeeze(1)
+        keys = _row_score_keys(scores[owner, column], owner)
+        bounds = _row_score_keys(pos_sorted, row_ids[:, None].expand(rows, width)).view(-1)
+        bucket = torch.searchsorted(bounds, keys, right=True) - owner * width
         flat = owner * stride + bucket
     else:
         del candidates
@@ -205,6 +205,14 @@ def _negative_histogram(scores: torch.Tensor, pos_sorted: torch.Tensor) -> torch
         flat += (row_ids.to(torch.int32) * stride)[:, None]
         flat = flat.view(-1)
     return torch.bincount(flat, minlength=rows * stride).view(rows, stride)
+
+
+def _row_score_keys(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered by (row, score), exactly: row in the high 32 bits, the float32 bits mapped
+    to an order-preserving integer in the low 32 (``+ 0.0`` first makes -0.0 equal to +0.0)."""
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + 2**31
+    return rows * 2**32 + ordered
 
 
 def cmc(results: QueryResults, ks: Iterable[int]) -> dict[int, float]:
