@@ -62,31 +62,32 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megastarid evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="megastarid evaluate",
+        description="Evaluate a checkpoint (or saved embeddings) on star_dataset: per-query ranks, CMC@K and "
+        "mAP, per identity and per outing folder, with plots and the embeddings saved.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="model checkpoint (best.pth, last.pth) to embed with")
-    source.add_argument(
-        "--embeddings", type=Path, help="star_embeddings.npz to recompute every number from (no model)"
+    add_source, add = source.add_argument, parser.add_argument
+    add_source("--checkpoint", type=Path, metavar="PATH", help="model checkpoint (best.pth, last.pth)")
+    add_source("--embeddings", type=Path, metavar="FILE", help="star_embeddings.npz (no model needed)")
+    add("--star-root", type=Path, metavar="DIR", help="star_dataset root (default: synthetic stars)")
+    add("--star-csv", "--csv", type=Path, metavar="FILE", help="metadata CSV with paths inside --star-root")
+    add("--wildlife-root", type=Path, metavar="DIR", help="also validate on WildlifeReID-10k (test vs train)")
+    add(
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default: the checkpoint's or embeddings' folder); report files of an earlier "
+        "evaluation there are replaced",
     )
-    parser.add_argument("--star-root", type=Path, help="star_dataset root (default: synthetic stars)")
-    parser.add_argument("--star-csv", "--csv", type=Path, help="metadata CSV with paths inside --star-root")
-    parser.add_argument(
-        "--wildlife-root", type=Path, help="also validate on WildlifeReID-10k (official test vs train split)"
-    )
-    parser.add_argument(
-        "--output-dir", type=Path, help="report folder (default: the checkpoint's or embeddings' folder)"
-    )
-    parser.add_argument("--ks", type=parse_ks, default=DEFAULT_KS, help="CMC ranks (default: 1,5,10,20)")
-    parser.add_argument("--tta", action="store_true", help="average each embedding with its mirror image's")
-    parser.add_argument(
-        "--rerank", action="store_true", help="k-reciprocal re-ranking (galleries that fit in memory)"
-    )
-    parser.add_argument("--image-size", type=int, help="evaluation image size (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per embedding batch (default: 64)")
-    parser.add_argument("--workers", type=int, default=0, help="image loading processes (default: 0)")
-    parser.add_argument(
-        "--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)"
-    )
+    add("--ks", type=parse_ks, default=DEFAULT_KS, metavar="K,K,...", help="CMC ranks (default: 1,5,10,20)")
+    add("--tta", action="store_true", help="average each embedding with its mirror image's")
+    add("--rerank", action="store_true", help="k-reciprocal re-ranking (galleries that fit in memory)")
+    add("--image-size", type=int, metavar="PX", help="evaluation image size (default: the checkpoint's)")
+    add("--batch-size", type=int, default=64, metavar="N", help="images per embedding batch (default: 64)")
+    add("--workers", type=int, default=0, metavar="N", help="image loading processes (default: 0)")
+    add("--device", default="auto", help="torch device: cpu, cuda, cuda:1 ... (default: cuda when available)")
     return parser
 
 
