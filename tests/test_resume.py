@@ -1,0 +1,99 @@
+"""Interrupt a run with a signal mid-epoch, resume it, and get exactly the uninterrupted run's history."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from torch.utils.data import Dataset
+
+from megastarid.config import FinetuneConfig
+from megastarid.data.synth import generate_stars
+from megastarid.finetune import finetune_task
+from megastarid.models import load_checkpoint
+from megastarid.trainer import INTERRUPTED, fit
+
+TIMING = ["images_per_s"]
+
+
+class Tripwire(Dataset):
+    """The real dataset, sending this process ``signum`` when the ``after``-th image is read."""
+
+    def __init__(self, dataset: Dataset, after: int, signum: int) -> None:
+        self.dataset, self.after, self.signum, self.reads = dataset, after, signum, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        if self.reads == self.after:
+            os.kill(os.getpid(), self.signum)
+        return self.dataset[index]
+
+
+@pytest.fixture(scope="module")
+def stars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_stars(tmp_path_factory.mktemp("data") / "stars", identities=6, image_size=48)
+
+
+def config(run: Path, stars: Path) -> FinetuneConfig:
+    return FinetuneConfig(
+        output_dir=run,
+        star_root=stars,
+        backbone="test_resnet",
+        image_size=32,
+        epochs=3,
+        batch_size=8,
+        num_instances=2,
+        workers=0,
+        warmup_epochs=1,
+        lr=1e-3,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
+    tmp_path: Path, stars: Path, signum, capsys
+):
+    whole = config(tmp_path / "whole", stars)
+    assert fit(whole, lambda: finetune_task(whole)) == 0
+    expected = pd.read_csv(whole.output_dir / "history.csv").drop(columns=TIMING)
+
+    cut = config(tmp_path / "cut", stars)
+    per_epoch = len(finetune_task(cut).make_sampler(0, 1)) * cut.batch_size
+
+    def tripped():
+        task = finetune_task(cut)
+        task.dataset = Tripwire(task.dataset, after=per_epoch + 3 * cut.batch_size, signum=signum)
+        return task
+
+    assert fit(cut, tripped) == INTERRUPTED
+    out = capsys.readouterr().out
+    assert f"--output-dir {cut.output_dir} --resume" in out
+    saved = load_checkpoint(cut.output_dir / "last.pth")
+    assert (saved["run"]["epoch"], saved["run"]["step"]) == (1, 3)  # stopped after the batch in flight
+    assert not (cut.output_dir / "run_summary.json").exists()
+
+    cut.resume = True
+    assert fit(cut, lambda: finetune_task(cut)) == 0
+    resumed = pd.read_csv(cut.output_dir / "history.csv").drop(columns=TIMING)
+    pd.testing.assert_frame_equal(resumed, expected, rtol=1e-5)
+    summary = json.loads((cut.output_dir / "run_summary.json").read_text())
+    assert summary["epochs_completed"] == 3 and summary["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_trains_nothing_more(tmp_path: Path, stars: Path) -> None:
+    done = config(tmp_path / "done", stars)
+    done.epochs = 1
+    fit(done, lambda: finetune_task(done))
+    before = pd.read_csv(done.output_dir / "history.csv")
+    done.resume = True
+    assert fit(done, lambda: finetune_task(done)) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(done.output_dir / "history.csv"), before)
