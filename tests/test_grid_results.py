@@ -100,6 +100,7 @@ def test_ties_for_best_are_all_marked(tmp_path):
     write_results(build_plan(config), tmp_path)
     text = (tmp_path / "grid_summary.md").read_text()
     assert text.count("| **0.400** (n=1) |") == 2 and text.count("| **0.500** (n=1) |") == 2
+    assert "Best by mAP: star_only × circle, cotrain × circle (mAP 0.400)." in text
 
 
 def test_plot_is_written_even_before_anything_finished(tmp_path):

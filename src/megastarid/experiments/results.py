@@ -146,8 +146,10 @@ def summary_markdown(results: pd.DataFrame, output_dir: Path) -> str:
         summary = summarize(results)
         for metric in SUMMARY_METRICS:
             lines += ["", f"## Star {metric}", "", *_table(summary, metric)]
-        top = summary.loc[summary["mAP_mean"].idxmax()]
-        lines += ["", f"Best by mAP: {top['strategy']} × {top['loss']} (mAP {top['mAP_mean']:.3f})."]
+        means = summary["mAP_mean"]
+        top = summary[means == means.max()]
+        names = ", ".join(f"{row.strategy} × {row.loss}" for row in top.itertuples())
+        lines += ["", f"Best by mAP: {names} (mAP {means.max():.3f})."]
     else:
         lines += ["", "No experiment has finished yet."]
     unfinished = results[results["status"] != "finished"]
