@@ -207,7 +207,7 @@ def check_phase_options(experiments: Sequence[Experiment]) -> None:
             checked.add(phase.name)
             parser = build_parser(PHASE_CONFIGS[phase.name], prog=f"megastarid {phase.name}", description="")
             try:
-                parser.parse_args(phase.argv[3:])  # after "python -m megastarid.<phase>"
+                parser.parse_args(phase.options)
             except UserError as err:
                 raise UserError(f"options for the {phase.name} phase: {err}") from None
 

@@ -94,6 +94,11 @@ class Phase:
     def state(self) -> PhaseState:
         return phase_state(self.name, self.run_dir)
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The training options alone (after ``python -m megastarid.<phase>``)."""
+        return self.argv[3:]
+
     def command(self, gpu: int | None = None) -> list[str]:
         """The exact command for the phase's current state (``--resume`` / ``--overwrite`` added),
         pinned to one GPU with ``--gpus g``, or on the trainer's default device when ``gpu`` is None."""
