@@ -47,7 +47,9 @@ def star_tree(tmp_path: Path) -> Path:
     """A tiny star_dataset: 4 identities, dated outings, one single-outing identity."""
     layout = {
         "SiteA": {
-            "star1": {"3_23_2024_dock": 2, "4_02_2024_dock": 2, "5_10_2024_reef": 2, "6_01_2024": 1, "7_15_2024": 2},
+            "star1": {
+                "3_23_2024_dock": 2, "4_02_2024_dock": 2, "5_10_2024_reef": 2, "6_01_2024": 1, "7_15_2024": 2
+            },
             "star2": {"2024-03-23": 2, "2024-05-01": 3},
             "star3": {"2024-03-23": 3},
         },
