@@ -23,7 +23,7 @@ def test_embeddings_are_l2_normalised_with_the_asked_size() -> None:
     assert not model.bn.bias.requires_grad  # BNNeck: frozen bias
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "test_convnext", "test_vit"])
+@pytest.mark.parametrize("backbone", ["resnet18", "test_convnext", "test_vit", "mobilenetv3_small_050"])
 def test_other_backbone_families_work(backbone: str) -> None:
     model = build_model(backbone, embedding_dim=16).eval()
     size = 32 if backbone == "test_vit" else 64

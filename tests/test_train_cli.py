@@ -58,6 +58,7 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[s
     history = pd.read_csv(pre / "history.csv")
     assert history["epoch"].tolist() == [0, 1] and "wildlife_mAP" in history
     assert read_summary(pre)["status"] == "finished"
+    assert (pre / "wildlife_evaluation_summary.json").is_file()  # validation report of best.pth
     assert yaml.safe_load((pre / "config.yaml").read_text())["backbone"] == "test_resnet"
 
     argv = [

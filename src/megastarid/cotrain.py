@@ -17,8 +17,8 @@ from megastarid.data.samplers import MixedPKBatchSampler
 from megastarid.tasks import (
     model_factory,
     resolve_architecture,
-    retrieval_evaluator,
     star_catalogue,
+    star_evaluator,
     star_report,
     star_train_set,
     wildlife_catalogue,
@@ -51,7 +51,7 @@ def cotrain_task(cfg: CotrainConfig) -> TrainTask:
         paths=stars.paths + wildlife.paths,
         make_sampler=make_sampler,
         build_model=model_factory(cfg),
-        evaluate=retrieval_evaluator(catalogue, cfg, "star_"),
+        evaluate=star_evaluator(catalogue, cfg),
         metric="star_mAP",
         final_report=star_report(catalogue, cfg),
     )

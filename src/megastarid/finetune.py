@@ -15,8 +15,8 @@ from megastarid.data.samplers import PKBatchSampler
 from megastarid.tasks import (
     model_factory,
     resolve_architecture,
-    retrieval_evaluator,
     star_catalogue,
+    star_evaluator,
     star_report,
     star_train_set,
 )
@@ -36,7 +36,7 @@ def finetune_task(cfg: FinetuneConfig) -> TrainTask:
             data.labels, p, cfg.num_instances, cfg.seed, rank, world
         ),
         build_model=model_factory(cfg),
-        evaluate=retrieval_evaluator(catalogue, cfg, "star_"),
+        evaluate=star_evaluator(catalogue, cfg),
         metric="star_mAP",
         final_report=star_report(catalogue, cfg),
     )

@@ -114,7 +114,9 @@ def build_model(
             raise UserError(f"--backbone-weights {backbone_weights}: cannot load it ({err})") from None
         log.debug("weight download failed: %s", err)
         raise UserError(_offline_hint(backbone)) from None
-    return EmbeddingModel(net, net.num_features, embedding_dim)
+    # Models with a conv head after pooling (MobileNetV3, ...) output head_hidden_size, not num_features.
+    feature_dim = getattr(net, "head_hidden_size", None) or net.num_features
+    return EmbeddingModel(net, feature_dim, embedding_dim)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from megastarid.config import PretrainConfig, parse_config
 from megastarid.console import run_main
 from megastarid.data.samplers import PKBatchSampler
-from megastarid.tasks import model_factory, retrieval_evaluator, wildlife_catalogue, wildlife_train_set
+from megastarid.tasks import (
+    model_factory,
+    wildlife_catalogue,
+    wildlife_evaluator,
+    wildlife_report,
+    wildlife_train_set,
+)
 from megastarid.trainer import TrainTask, fit
 
 
@@ -29,8 +35,9 @@ def pretrain_task(cfg: PretrainConfig) -> TrainTask:
             data.labels, p, cfg.num_instances, cfg.seed, rank, world
         ),
         build_model=model_factory(cfg),
-        evaluate=retrieval_evaluator(catalogue, cfg, "wildlife_"),
+        evaluate=wildlife_evaluator(catalogue, cfg),
         metric="wildlife_mAP",
+        final_report=wildlife_report(catalogue, cfg),
     )
 
 

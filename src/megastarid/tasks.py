@@ -24,6 +24,7 @@ from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, build_wildlife_train_transform
 from megastarid.errors import UserError
 from megastarid.evaluation.star import evaluate_star
+from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.models import EmbeddingModel, build_model, load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,17 @@ def model_factory(cfg: TrainConfig) -> Callable[[], EmbeddingModel]:
     return make
 
 
-def retrieval_evaluator(
-    catalogue: pd.DataFrame, cfg: TrainConfig, prefix: str
-) -> Callable[[nn.Module, torch.device], dict[str, float]]:
-    """Query (split "test") vs gallery (split "train") retrieval metrics, keys prefixed (``star_mAP``)."""
+def _metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """mAP and CMC@K of an evaluation summary, keys prefixed (``star_mAP``) for the history."""
+    return {
+        f"{prefix}{key}": float(value)
+        for key, value in summary.items()
+        if (key == "mAP" or key.startswith("CMC@")) and value is not None
+    }
+
+
+def star_evaluator(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Module, torch.device], dict]:
+    """Star retrieval on the temporal split (queries vs gallery), nothing written."""
 
     def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
         summary = evaluate_star(
@@ -141,13 +149,44 @@ def retrieval_evaluator(
             batch_size=cfg.eval_batch_size,
             num_workers=cfg.workers,
         )
-        return {
-            f"{prefix}{key}": float(value)
-            for key, value in summary.items()
-            if (key == "mAP" or key.startswith("CMC@")) and value is not None
-        }
+        return _metrics(summary, "star_")
 
     return evaluate
+
+
+def wildlife_evaluator(
+    catalogue: pd.DataFrame, cfg: TrainConfig
+) -> Callable[[nn.Module, torch.device], dict]:
+    """WildlifeReID-10k validation (official test split vs train split), nothing written."""
+
+    def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
+        summary = evaluate_wildlife(
+            model, catalogue, cfg.image_size, device, batch_size=cfg.eval_batch_size, num_workers=cfg.workers
+        )
+        return _metrics(summary, "wildlife_")
+
+    return evaluate
+
+
+def wildlife_report(
+    catalogue: pd.DataFrame, cfg: TrainConfig
+) -> Callable[[nn.Module, torch.device, Path], dict]:
+    """The wildlife validation reports (overall and per source dataset) of the best checkpoint."""
+
+    def report(model: nn.Module, device: torch.device, out_dir: Path) -> dict:
+        return evaluate_wildlife(
+            model,
+            catalogue,
+            cfg.image_size,
+            device,
+            out_dir=out_dir,
+            checkpoint=out_dir / "best.pth",
+            options=cfg.to_dict(),
+            batch_size=cfg.eval_batch_size,
+            num_workers=cfg.workers,
+        )
+
+    return report
 
 
 def star_report(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Module, torch.device, Path], dict]:
