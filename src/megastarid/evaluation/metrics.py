@@ -9,9 +9,11 @@ makes every number deterministic and never flattering, and it lets us avoid sort
   position ``k + #{negatives with score >= p_k}``;
 - its AP is the mean over k of ``k / position_k``; its first rank is ``position_1``.
 
-The negative counts come from one ``searchsorted`` of every gallery score into the query's few
-sorted positive scores plus a histogram, so a chunk costs a matrix product and a linear pass, and
-memory stays at a few bytes times ``chunk_size x gallery_size``.
+The negative counts come from a ``searchsorted`` of the gallery scores into the query's few
+sorted positive scores plus a histogram (only the negatives at or above the lowest positive need
+searching; with a useful model they are few). A chunk thus costs a matrix product and a linear
+pass, and memory stays at about ``12 x chunk_size x gallery_size`` bytes (``CHUNK_BYTES`` in all):
+the full query x gallery matrix is never built.
 """
 
 from __future__ import annotations
