@@ -194,7 +194,9 @@ def _negative_histogram(scores: torch.Tensor, pos_sorted: torch.Tensor) -> torch
     stride = width + 1
     candidates = scores >= pos_sorted[:, :1]
     row_ids = torch.arange(rows, device=scores.device)
-    if 4 * int(torch.count_nonzero(candidates)) <= scores.numel():
+    # Each gathered candidate holds ~40 bytes of indices and keys: at most 1/8 of the pairs keeps a
+    # chunk within _BYTES_PER_PAIR.
+    if 8 * int(torch.count_nonzero(candidates)) <= scores.numel():
         owner, column = candidates.nonzero(as_tuple=True)
         del candidates
         keys = _row_score_keys(scores[owner, column], owner)
