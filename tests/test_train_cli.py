@@ -136,6 +136,15 @@ def test_bad_options_fail_in_one_line_before_any_work(tmp_path: Path, data: dict
     assert "--star-batch-ratio" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+def test_gpus_without_cuda_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert run_main(finetune.main, ["--gpus", "0,1", "--output-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        "megastarid: error: --gpus 0,1: no CUDA GPU on this machine (leave out --gpus to use the CPU)\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_checkpoint_and_backbone_must_agree(tmp_path: Path, data: dict[str, Path], capsys) -> None:
     from megastarid.models import build_model, save_checkpoint
 

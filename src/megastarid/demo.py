@@ -22,34 +22,8 @@ from megastarid.console import run_main
 
 log = logging.getLogger(__name__)
 
-#: options shared by both phases: small and fast, no download
-COMMON = (
-    "--backbone",
-    "resnet18",
-    "--no-pretrained",
-    "--image-size",
-    "128",
-    "--batch-size",
-    "32",
-    "--num-instances",
-    "4",
-    "--workers",
-    "1",
-    "--overwrite",
-)
-PRETRAIN = ("--epochs", "4", "--lr", "1e-3", "--warmup-epochs", "1")
-FINETUNE = (
-    "--epochs",
-    "12",
-    "--lr",
-    "1e-3",
-    "--backbone-lr-mult",
-    "0.5",
-    "--warmup-epochs",
-    "1",
-    "--eval-every",
-    "2",
-)
+#: fixed options of both phases: no download, a fresh run folder each time
+FIXED = ("--no-pretrained", "--overwrite", "--num-instances", "4", "--warmup-epochs", "1")
 
 
 def _phase(name: str, main: object, argv: list[str]) -> None:
@@ -78,15 +52,48 @@ def summarise(finetune_dir: Path, wall_time_s: float) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="megastarid demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where both runs go")
+    parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
+    parser.add_argument("--image-size", type=int, default=64, help="training image size (default: 64)")
+    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs on synthetic wildlife")
+    parser.add_argument("--finetune-epochs", type=int, default=12, help="epochs on synthetic stars")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both phases")
+    parser.add_argument("--workers", type=int, default=1, help="data-loading processes")
     args = parser.parse_args(argv)
     out: Path = args.output_dir
     started = time.perf_counter()
     pre_dir, fine_dir = out / "pretrain", out / "finetune"
-    _phase("pretrain", pretrain.main, ["--output-dir", str(pre_dir), *COMMON, *PRETRAIN])
+    common = [
+        *FIXED,
+        "--backbone",
+        args.backbone,
+        "--image-size",
+        str(args.image_size),
+        "--lr",
+        str(args.lr),
+        "--workers",
+        str(args.workers),
+    ]
+    _phase(
+        "pretrain",
+        pretrain.main,
+        ["--output-dir", str(pre_dir), *common, "--epochs", str(args.pretrain_epochs)],
+    )
     _phase(
         "finetune",
         finetune.main,
-        ["--output-dir", str(fine_dir), "--checkpoint", str(pre_dir / "best.pth"), *COMMON, *FINETUNE],
+        [
+            "--output-dir",
+            str(fine_dir),
+            *common,
+            "--checkpoint",
+            str(pre_dir / "best.pth"),
+            "--epochs",
+            str(args.finetune_epochs),
+            "--backbone-lr-mult",
+            "1",
+            "--eval-every",
+            "2",
+        ],
     )
     result = summarise(fine_dir, time.perf_counter() - started)
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
