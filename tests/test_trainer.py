@@ -143,3 +143,16 @@ def test_many_nan_steps_in_a_row_stop_the_run_clearly(tmp_path: Path) -> None:
     dataset = Blobs(identities=4, per_identity=8, poisoned=frozenset(range(32)))
     with pytest.raises(UserError, match=r"NaN/inf .* for 3 steps in a row"):
         fit(cfg, lambda: blob_task(dataset))
+
+
+def test_evaluation_cadence_and_early_stopping(tmp_path: Path) -> None:
+    cfg = config(tmp_path, epochs=6)
+    cfg.eval_every, cfg.patience = 2, 3
+    task = blob_task(Blobs())
+    task.evaluate = lambda model, device: {"blob_mAP": 0.5}  # never improves on epoch 0
+    assert fit(cfg, lambda: task) == 0
+    history = pd.read_csv(cfg.output_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3, 4]  # stopped once 4 epochs passed without a gain
+    assert history["blob_mAP"].notna().tolist() == [True, False, True, False, True]
+    summary = json.loads((cfg.output_dir / "run_summary.json").read_text())
+    assert summary["stopped_early"] and summary["best_epoch"] == 0 and summary["epochs_completed"] == 4

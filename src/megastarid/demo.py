@@ -54,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where both runs go")
     parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
     parser.add_argument("--image-size", type=int, default=64, help="training image size (default: 64)")
-    parser.add_argument("--pretrain-epochs", type=int, default=4, help="epochs on synthetic wildlife")
-    parser.add_argument("--finetune-epochs", type=int, default=12, help="epochs on synthetic stars")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both phases")
+    parser.add_argument("--pretrain-epochs", type=int, default=5, help="epochs on synthetic wildlife")
+    parser.add_argument("--finetune-epochs", type=int, default=40, help="epochs on synthetic stars")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both phases")
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes")
     args = parser.parse_args(argv)
     out: Path = args.output_dir
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--backbone-lr-mult",
             "1",
             "--eval-every",
-            "2",
+            str(max(1, args.finetune_epochs // 10)),
         ],
     )
     result = summarise(fine_dir, time.perf_counter() - started)
