@@ -137,11 +137,11 @@ class Camera:
         tint = WATER_TINTS[rng.integers(len(WATER_TINTS))] * rng.uniform(0.85, 1.15, 3)
         return cls(
             water=np.clip(tint, 0.3, 1.2) * rng.uniform(0.7, 1.2),
-            haze=float(rng.uniform(0.0, 0.35)),
+            haze=float(rng.uniform(0.0, 0.25)),
             light_angle=float(rng.uniform(0, 2 * np.pi)),
-            light_strength=float(rng.uniform(0.0, 0.5)),
+            light_strength=float(rng.uniform(0.0, 0.4)),
             caustics=float(rng.uniform(0.0, 0.12) if rng.random() < 0.5 else 0.0),
-            blur=float(rng.uniform(0.0, 1.1) if rng.random() < 0.6 else 0.0),
+            blur=float(rng.uniform(0.0, 0.8) if rng.random() < 0.5 else 0.0),
             noise=float(rng.uniform(1.0, 6.0)),
         )
 

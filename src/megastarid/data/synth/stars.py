@@ -91,14 +91,14 @@ class StarIdentity:
         style, light = MARK_STYLES[rest % len(MARK_STYLES)], rest // len(MARK_STYLES) == 1
         arms = int(rng.choice(ARM_CLASSES[arm_class]))
         disc = float(rng.uniform(0.22, 0.36))
-        width = min(float(rng.uniform(0.09, 0.16)), 0.95 * np.pi * disc / arms + 0.02)
+        width = min(float(rng.uniform(0.1, 0.16)), 0.95 * np.pi * disc / arms + 0.03)
         if style == "spots":
-            spots = _spots(rng, arms, int(rng.integers(8, 15)), (0.05, 0.08), 0.35)
+            spots = _spots(rng, arms, int(rng.integers(5, 9)), (0.09, 0.13), 0.4)
         elif style == "speckles":
-            spots = _spots(rng, arms, int(rng.integers(24, 37)), (0.025, 0.04), 0.25)
+            spots = _spots(rng, arms, int(rng.integers(20, 31)), (0.045, 0.06), 0.25)
         else:
-            spots = _spots(rng, arms, int(rng.integers(3, 7)), (0.04, 0.06), 0.5)
-        n_bands = {"bands": int(rng.integers(2, 4)), "alternate_bands": int(rng.integers(1, 4))}.get(style, 0)
+            spots = _spots(rng, arms, int(rng.integers(2, 5)), (0.06, 0.08), 0.5)
+        n_bands = {"bands": 2, "alternate_bands": int(rng.integers(1, 3))}.get(style, 0)
         injured = outings >= 2 and rng.random() < 0.4
         return cls(
             arms=arms,
@@ -109,11 +109,14 @@ class StarIdentity:
             taper=float(rng.uniform(0.45, 0.75)),
             base=PALETTE[rng.integers(len(PALETTE))].astype(float),
             light_marks=light,
-            bands=np.c_[np.sort(rng.uniform(0.25, 0.85, n_bands)), rng.uniform(0.05, 0.08, n_bands)],
+            bands=np.c_[
+                np.linspace(0.3, 0.65, n_bands) + rng.uniform(-0.08, 0.08, n_bands),
+                rng.uniform(0.12, 0.16, n_bands),
+            ],
             band_every=2 if style == "alternate_bands" else 1,
             stripe=style == "stripe",
             spots=spots,
-            disc_ring=float(rng.uniform(0.55, 0.85)) if style == "ring" else 0.0,
+            disc_ring=float(rng.uniform(0.75, 0.95)) if style == "ring" else 0.0,
             injury=(int(rng.integers(arms)), int(rng.integers(1, outings))) if injured else (-1, 0),
         )
 
@@ -136,7 +139,7 @@ def _arm_geometry(
     arms = []
     for i in range(star.arms):
         angle = star.phase + 2 * np.pi * i / star.arms + rng.normal(0, 0.04)
-        bend = rng.normal(0, 0.2) * t**2
+        bend = rng.normal(0, 0.15) * t**2
         radius = 0.5 * star.disc + t * (star.lengths[i] - 0.5 * star.disc)
         theta = angle + bend
         centre = np.c_[radius * np.cos(theta), radius * np.sin(theta)]
@@ -180,12 +183,12 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
     matrix = pose_matrix(
         big,
         rotation=float(rng.uniform(0, 2 * np.pi)),
-        scale=float(rng.uniform(0.72, 0.95)),
+        scale=float(rng.uniform(0.85, 1.0)),
         centre=(float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1))),
-        tilt=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
+        tilt=(float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.12, 0.12))),
     )
     body = star.base * rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.08, 3)
-    marks = body + (255 - body) * 0.65 if star.light_marks else body * 0.3
+    marks = body + (255 - body) * 0.75 if star.light_marks else body * 0.25
     arms = _arm_geometry(star, rng)
     shadow = matrix @ np.array([[1, 0, 0.04], [0, 1, 0.05], [0, 0, 1]])
     for arm in arms:
@@ -193,7 +196,8 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
     for arm in arms:
         draw.polygon(project(matrix, _arm_outline(arm)), fill=_colour(body))
         draw.polygon(
-            project(matrix, _arm_outline(arm, 0.3)), fill=_colour(marks if star.stripe else body * 1.12)
+            project(matrix, _arm_outline(arm, 0.45 if star.stripe else 0.3)),
+            fill=_colour(marks if star.stripe else body * 1.12),
         )
     draw.polygon(
         project(matrix, ellipse_points(np.zeros(2), (star.disc, star.disc), n=24)), fill=_colour(body)
@@ -206,7 +210,7 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
             strip = np.array([_along(arm, p, s) for p, s in corners])
             draw.polygon(project(matrix, strip), fill=_colour(marks))
     if star.disc_ring:
-        for radius, tone in ((star.disc_ring, marks), (star.disc_ring - 0.25, body)):
+        for radius, tone in ((star.disc_ring, marks), (star.disc_ring - 0.4, body)):
             ring = ellipse_points(np.zeros(2), (star.disc * radius,) * 2, n=20)
             draw.polygon(project(matrix, ring), fill=_colour(tone))
     for arm_index, pos, across, radius in star.spots:
@@ -216,8 +220,8 @@ def render_star(star: StarIdentity, rng: np.random.Generator, size: int) -> Imag
         else:
             centre = _along(arms[int(arm_index)], float(np.clip(pos, 0, 1)), across)
         draw.polygon(project(matrix, ellipse_points(centre, (radius, radius), n=8)), fill=_colour(marks))
-    if rng.random() < 0.3:
-        occlude(image, rng, matrix, int(rng.integers(1, 3)))
+    if rng.random() < 0.25:
+        occlude(image, rng, matrix, 1)
     return develop(image, Camera.draw(rng), rng, size)
 
 
