@@ -145,6 +145,17 @@ def test_gpus_without_cuda_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_offline_pretrained_fails_before_the_run_folder_is_made(
+    tmp_path: Path, data, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    run = tmp_path / "run"
+    argv = ["--output-dir", str(run), "--star-root", str(data["stars"]), *TINY, "--backbone", "resnet18"]
+    assert run_main(finetune.main, [*argv, "--pretrained"]) == 2
+    assert "--backbone-weights FILE" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_checkpoint_and_backbone_must_agree(tmp_path: Path, data: dict[str, Path], capsys) -> None:
     from megastarid.models import build_model, save_checkpoint
 

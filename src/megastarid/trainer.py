@@ -256,16 +256,17 @@ def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
     options = fabric_options(cfg)
     check_run_folder(cfg.output_dir, cfg.resume, cfg.overwrite)
     task = build_task()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = task.build_model()  # before the run folder is touched: a weights problem leaves no trace
     fabric = Fabric(**options)
     fabric.launch()
-    run = _Run(fabric, cfg, task)
-    return run.execute()
+    return _Run(fabric, cfg, task, model).execute()
 
 
 class _Run:
     """One training run in one process (rank); the steps of ``fit`` after the processes exist."""
 
-    def __init__(self, fabric: Fabric, cfg: TrainConfig, task: TrainTask) -> None:
+    def __init__(self, fabric: Fabric, cfg: TrainConfig, task: TrainTask, model: EmbeddingModel) -> None:
         self.fabric, self.cfg, self.task = fabric, cfg, task
         self.dir = Path(cfg.output_dir)
         self.rank0 = fabric.global_rank == 0
@@ -274,10 +275,9 @@ class _Run:
             prepare_run_folder(self.dir, cfg.overwrite)
             save_config(cfg, self.dir / "config.yaml")
         fabric.barrier()
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.sampler = task.make_sampler(fabric.global_rank, fabric.world_size)
         self.batches = _ResumableBatches(self.sampler)
-        self.trainer = Trainer(fabric, task.build_model(), cfg, len(self.sampler))
+        self.trainer = Trainer(fabric, model, cfg, len(self.sampler))
         self.state = RunState()
         self.rng: torch.Tensor | None = None
         if cfg.resume:
