@@ -97,3 +97,22 @@ def test_resuming_a_finished_run_trains_nothing_more(tmp_path: Path, stars: Path
     done.resume = True
     assert fit(done, lambda: finetune_task(done)) == 0
     pd.testing.assert_frame_equal(pd.read_csv(done.output_dir / "history.csv"), before)
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_last_step_still_stops_the_program(tmp_path: Path, stars: Path) -> None:
+    cfg = config(tmp_path / "run", stars)
+    cfg.epochs = 1
+    last_read = len(finetune_task(cfg).make_sampler(0, 1)) * cfg.batch_size
+
+    def tripped():
+        task = finetune_task(cfg)
+        task.dataset = Tripwire(task.dataset, after=last_read, signum=signal.SIGINT)
+        return task
+
+    with pytest.raises(KeyboardInterrupt):  # run_main turns this into "interrupted", exit code 130
+        fit(cfg, tripped)
+    assert load_checkpoint(cfg.output_dir / "last.pth")["run"]["epoch"] == 1  # the epoch was kept
+    cfg.resume = True
+    assert fit(cfg, lambda: finetune_task(cfg)) == 0
+    assert json.loads((cfg.output_dir / "run_summary.json").read_text())["epochs_completed"] == 1

@@ -220,10 +220,16 @@ class _ResumableBatches(Sampler[list[int]]):
 
 
 class _StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop checks between steps; a second Ctrl-C stops at once."""
+    """SIGINT/SIGTERM set a flag that the loop checks between steps; a second Ctrl-C stops at once.
+
+    A signal that arrives when no step is left (final evaluation, reports) is delivered again on exit,
+    so the program around the run (``megastarid demo``) stops too instead of silently carrying on.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.handled = False
+        self._signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -233,13 +239,15 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.requested, self._signum = True, signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
         log.warning("%s received: stopping after this step and saving last.pth", signal.Signals(signum).name)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._signum is not None and not self.handled and exc[0] is None:
+            signal.raise_signal(self._signum)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -337,6 +345,7 @@ class _Run:
                     epoch = self.state.epoch + 1
                     stats = self._train_epoch(epoch, stop)
                     if stats is None:
+                        stop.handled = True
                         return self._interrupted()
                     self._end_epoch(epoch, stats)
             finally:
