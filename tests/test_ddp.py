@@ -41,7 +41,7 @@ def test_finetune_on_two_cpu_processes(tmp_path: Path) -> None:
         "--workers",
         "0",
         "--epochs",
-        "2",
+        "1",
         "--warmup-epochs",
         "0",
         "--lr",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from torch.utils.data import Dataset
 
 from megastarid.config import FinetuneConfig
@@ -16,6 +17,16 @@ from megastarid.data.synth import generate_stars
 from megastarid.finetune import finetune_task
 from megastarid.models import load_checkpoint
 from megastarid.trainer import INTERRUPTED, fit
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 TIMING = ["images_per_s"]
 
