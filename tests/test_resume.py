@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -127,3 +130,27 @@ def test_a_signal_after_the_last_step_still_stops_the_program(tmp_path: Path, st
     cfg.resume = True
     assert fit(cfg, lambda: finetune_task(cfg)) == 0
     assert json.loads((cfg.output_dir / "run_summary.json").read_text())["epochs_completed"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_saves_and_exits_cleanly(tmp_path: Path, stars: Path) -> None:
+    """A scheduler (SLURM, `timeout`) signals every process of the job, DataLoader workers included."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "megastarid.finetune", "--star-root", str(stars), "--output-dir", str(run),
+        "--backbone", "test_resnet", "--image-size", "32", "--epochs", "200", "--batch-size", "8",
+        "--num-instances", "2", "--workers", "1", "--eval-every", "100",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "tensorboard").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # well inside the training epochs
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == INTERRUPTED, err
+    assert "Traceback" not in err
+    assert f"--output-dir {run} --resume" in out
+    assert load_checkpoint(run / "last.pth")["run"]["epoch"] < 200

@@ -250,6 +250,13 @@ class _StopRequest:
             signal.raise_signal(self._signum)
 
 
+def _leave_signals_to_main(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: a job scheduler or Ctrl-C signals the whole process group,
+    and a worker dying of it would crash the main process before it can save ``last.pth``."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank) % (2**63)
 
@@ -296,6 +303,7 @@ class _Run:
             num_workers=cfg.workers,
             collate_fn=collate_skip_bad,
             pin_memory=fabric.device.type == "cuda",
+            worker_init_fn=_leave_signals_to_main,
         )
         self.bad_seen: set[int] = set()
         self.writer = None
