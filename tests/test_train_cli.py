@@ -130,6 +130,21 @@ def test_a_corrupt_photo_is_skipped_logged_and_counted(tmp_path: Path, data: dic
     assert pd.read_csv(run / "history.csv")["bad_images"].iloc[1] >= 1
 
 
+@pytest.mark.slow
+def test_cotrain_logs_corrupt_wildlife_photos_by_their_path(tmp_path: Path, data: dict[str, Path]) -> None:
+    import shutil
+
+    wildlife = shutil.copytree(data["wildlife"], tmp_path / "wildlife")
+    for photo in (wildlife / "images").rglob("*.*"):
+        photo.write_bytes(b"")  # every wildlife photo unreadable: the star part still trains
+    run = tmp_path / "co"
+    roots = ["--star-root", str(data["stars"]), "--wildlife-root", str(wildlife)]
+    assert cotrain.main(["--output-dir", str(run), *roots, *TINY]) == 0
+    logged = (run / "bad_images.txt").read_text().splitlines()
+    assert logged and all(line.startswith(str(wildlife / "images")) for line in logged)
+    assert read_summary(run)["bad_images"] == len(logged)
+
+
 def test_bad_options_fail_in_one_line_before_any_work(tmp_path: Path, data: dict[str, Path], capsys) -> None:
     cases = [
         (["--epochs", "-3"], "--epochs must be at least 1"),

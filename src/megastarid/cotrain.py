@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from torch.utils.data import ConcatDataset
-
 from megastarid.config import CotrainConfig, parse_config
 from megastarid.console import run_main
+from megastarid.data.datasets import ConcatImageDataset
 from megastarid.data.samplers import MixedPKBatchSampler
 from megastarid.tasks import (
     model_factory,
@@ -28,7 +27,7 @@ from megastarid.trainer import TrainTask, fit
 
 
 def cotrain_task(cfg: CotrainConfig) -> TrainTask:
-    """Stars then wildlife in one ConcatDataset (identities kept apart), mixed P x K batches."""
+    """Stars then wildlife in one dataset with global indices (identities kept apart), mixed P x K batches."""
     catalogue = star_catalogue(cfg)
     stars = star_train_set(catalogue, cfg)
     wildlife = wildlife_train_set(wildlife_catalogue(cfg), cfg, label_offset=int(stars.labels.max()) + 1)
@@ -47,7 +46,7 @@ def cotrain_task(cfg: CotrainConfig) -> TrainTask:
 
     return TrainTask(
         name="cotrain",
-        dataset=ConcatDataset([stars.dataset, wildlife.dataset]),
+        dataset=ConcatImageDataset([stars.dataset, wildlife.dataset]),
         paths=stars.paths + wildlife.paths,
         make_sampler=make_sampler,
         build_model=model_factory(cfg),
