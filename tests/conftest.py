@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Keep every test on the CPU and light on threads: CI has 2 cores.
@@ -74,3 +75,12 @@ def synthetic_wildlife(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic") / "wildlife"
     return generate_wildlife(root, identities=20, seed=0, image_size=64)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

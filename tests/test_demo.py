@@ -6,19 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from megastarid import demo
 from megastarid.models import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow

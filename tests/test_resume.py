@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from torch.utils.data import Dataset
 
 from megastarid.config import FinetuneConfig
@@ -21,14 +20,7 @@ from megastarid.finetune import finetune_task
 from megastarid.models import load_checkpoint
 from megastarid.trainer import INTERRUPTED, fit
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TIMING = ["images_per_s"]

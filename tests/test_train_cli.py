@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from megastarid import cotrain, finetune, pretrain
@@ -16,14 +15,7 @@ from megastarid.data.catalogue import load_star_catalogue
 from megastarid.data.synth import generate_stars, generate_wildlife
 from megastarid.models import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = [

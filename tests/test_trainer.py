@@ -18,14 +18,7 @@ from megastarid.errors import UserError
 from megastarid.models import build_model, load_checkpoint
 from megastarid.trainer import TrainTask, fabric_options, fit, lr_factor
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Blobs(Dataset):
