@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from megastarid.config import FinetuneConfig, parse_config
 from megastarid.console import run_main
-from megastarid.data.samplers import PKBatchSampler
 from megastarid.tasks import (
     model_factory,
+    pk_sampler_factory,
     resolve_architecture,
     star_catalogue,
     star_evaluator,
@@ -27,14 +27,11 @@ def finetune_task(cfg: FinetuneConfig) -> TrainTask:
     """Star training images (gallery side of the split), P x K batches, judged by star mAP."""
     catalogue = star_catalogue(cfg)
     data = star_train_set(catalogue, cfg)
-    p = cfg.batch_size // cfg.num_instances
     return TrainTask(
         name="finetune",
         dataset=data.dataset,
         paths=data.paths,
-        make_sampler=lambda rank, world: PKBatchSampler(
-            data.labels, p, cfg.num_instances, cfg.seed, rank, world
-        ),
+        make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
         evaluate=star_evaluator(catalogue, cfg),
         metric="star_mAP",

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from megastarid.config import PretrainConfig, parse_config
 from megastarid.console import run_main
-from megastarid.data.samplers import PKBatchSampler
 from megastarid.tasks import (
     model_factory,
+    pk_sampler_factory,
     wildlife_catalogue,
     wildlife_evaluator,
     wildlife_report,
@@ -26,14 +26,11 @@ def pretrain_task(cfg: PretrainConfig) -> TrainTask:
     """Wildlife training images (official train split), P x K batches, judged by wildlife validation mAP."""
     catalogue = wildlife_catalogue(cfg)
     data = wildlife_train_set(catalogue, cfg)
-    p = cfg.batch_size // cfg.num_instances
     return TrainTask(
         name="pretrain",
         dataset=data.dataset,
         paths=data.paths,
-        make_sampler=lambda rank, world: PKBatchSampler(
-            data.labels, p, cfg.num_instances, cfg.seed, rank, world
-        ),
+        make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
         evaluate=wildlife_evaluator(catalogue, cfg),
         metric="wildlife_mAP",

@@ -20,6 +20,7 @@ from torch import nn
 from megastarid.config import FinetuneConfig, PretrainConfig, TrainConfig
 from megastarid.data.catalogue import identity_codes, load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.datasets import ImageDataset
+from megastarid.data.samplers import PKBatchSampler
 from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, build_wildlife_train_transform
 from megastarid.errors import UserError
@@ -93,6 +94,12 @@ def wildlife_train_set(catalogue: pd.DataFrame, cfg: TrainConfig, label_offset: 
     return train_set(
         catalogue, transform, cfg.image_size, cfg.num_instances, "the wildlife set", label_offset
     )
+
+
+def pk_sampler_factory(data: TrainSet, cfg: TrainConfig) -> Callable[[int, int], PKBatchSampler]:
+    """The trainer's ``make_sampler(rank, world_size)``: P x K batches over one training set."""
+    p = cfg.batch_size // cfg.num_instances
+    return lambda rank, world: PKBatchSampler(data.labels, p, cfg.num_instances, cfg.seed, rank, world)
 
 
 def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
