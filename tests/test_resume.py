@@ -105,7 +105,17 @@ def test_resuming_a_finished_run_trains_nothing_more(tmp_path: Path, stars: Path
     pd.testing.assert_frame_equal(pd.read_csv(done.output_dir / "history.csv"), before)
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler, even when pytest was started in the background of a script (which
+    starts it with SIGINT ignored, so a re-raised SIGINT would vanish)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_a_signal_after_the_last_step_still_stops_the_program(tmp_path: Path, stars: Path) -> None:
     cfg = config(tmp_path / "run", stars)
     cfg.epochs = 1
