@@ -92,9 +92,8 @@ def build_model(
         import huggingface_hub.constants as hub
 
         if not hub.HF_HUB_OFFLINE and not _hub_reachable():
-            hub.HF_HUB_OFFLINE = (
-                True  # use the local cache only: fails at once when the weights are not there
-            )
+            # Use the local cache only: fails at once when the weights are not there.
+            hub.HF_HUB_OFFLINE = True
         kwargs["pretrained"] = pretrained
     try:
         net = timm.create_model(backbone, **kwargs)
