@@ -103,3 +103,12 @@ def test_bad_yaml_is_a_one_line_error(tmp_path: Path, content: str, message: str
     with pytest.raises(UserError, match=message) as err:
         parse(FinetuneConfig, ["--config", str(config)])
     assert str(config) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [PretrainConfig, CotrainConfig])
+def test_both_wildlife_commands_filter_the_wildlife_set(cls, synthetic_wildlife: Path) -> None:
+    from megastarid.tasks import wildlife_catalogue
+
+    argv = ["--wildlife-root", str(synthetic_wildlife), "--wildlife-datasets", "WhaleSharkID,StripeSpotter"]
+    catalogue = wildlife_catalogue(parse(cls, argv))
+    assert set(catalogue["dataset"]) == {"WhaleSharkID", "StripeSpotter"}

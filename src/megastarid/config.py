@@ -153,13 +153,12 @@ class TrainConfig:
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
-    """Pre-training on WildlifeReID-10k; the best checkpoint is chosen by its validation mAP."""
+class WildlifeOptions:
+    """Where WildlifeReID-10k is and which part of it to use: shared by pre-training and co-training.
 
-    output_dir: Path = field(
-        default=Path("checkpoints/megastarid/pretrain"),
-        metadata=doc("run folder (checkpoints, history, reports)"),
-    )
+    A mixin: list it before the ``TrainConfig`` base so its options follow the common ones.
+    """
+
     wildlife_root: Path | None = field(
         default=None, metadata=doc("WildlifeReID-10k root (metadata.csv); default: built-in synthetic set")
     )
@@ -171,7 +170,17 @@ class PretrainConfig(TrainConfig):
     )
 
     def input_paths(self) -> tuple[str, ...]:
-        return ("wildlife_root",)
+        return (*super().input_paths(), "wildlife_root")  # type: ignore[misc]
+
+
+@dataclass
+class PretrainConfig(WildlifeOptions, TrainConfig):
+    """Pre-training on WildlifeReID-10k; the best checkpoint is chosen by its validation mAP."""
+
+    output_dir: Path = field(
+        default=Path("checkpoints/megastarid/pretrain"),
+        metadata=doc("run folder (checkpoints, history, reports)"),
+    )
 
 
 @dataclass
@@ -203,15 +212,12 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass
-class CotrainConfig(FinetuneConfig):
+class CotrainConfig(WildlifeOptions, FinetuneConfig):
     """Co-training on stars and wildlife with mixed batches."""
 
     output_dir: Path = field(
         default=Path("checkpoints/megastarid/cotrain"),
         metadata=doc("run folder (checkpoints, history, reports)"),
-    )
-    wildlife_root: Path | None = field(
-        default=None, metadata=doc("WildlifeReID-10k root (metadata.csv); default: built-in synthetic set")
     )
     star_batch_ratio: float = field(
         default=0.3, metadata=doc("fraction of each batch drawn from star_dataset")
@@ -225,9 +231,6 @@ class CotrainConfig(FinetuneConfig):
             raise UserError(
                 f"--star-batch-ratio must be between 0 and 1 (exclusive), got {self.star_batch_ratio}"
             )
-
-    def input_paths(self) -> tuple[str, ...]:
-        return (*super().input_paths(), "wildlife_root")
 
 
 def parse_gpus(text: str) -> list[int]:

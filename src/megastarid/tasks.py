@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from megastarid.config import FinetuneConfig, PretrainConfig, TrainConfig
+from megastarid.config import FinetuneConfig, TrainConfig, WildlifeOptions
 from megastarid.data.catalogue import identity_codes, load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.datasets import ImageDataset
 from megastarid.data.samplers import PKBatchSampler
@@ -54,12 +54,12 @@ def star_catalogue(cfg: FinetuneConfig) -> pd.DataFrame:
     return load_star_catalogue(root, cfg.star_csv)
 
 
-def wildlife_catalogue(cfg: PretrainConfig | Any) -> pd.DataFrame:
+def wildlife_catalogue(cfg: WildlifeOptions) -> pd.DataFrame:
     """WildlifeReID-10k at ``--wildlife-root`` (filtered), else the built-in synthetic wildlife set."""
     root = Path(cfg.wildlife_root) if cfg.wildlife_root is not None else ensure_synthetic("wildlife")
-    datasets = _split_list(getattr(cfg, "wildlife_datasets", None))
-    species = _split_list(getattr(cfg, "wildlife_species", None))
-    return load_wildlife_catalogue(root, datasets=datasets, species=species)
+    return load_wildlife_catalogue(
+        root, datasets=_split_list(cfg.wildlife_datasets), species=_split_list(cfg.wildlife_species)
+    )
 
 
 def train_set(
