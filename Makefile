@@ -18,12 +18,13 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 
 env: $(STAMP)
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m megastarid.demo --output-dir $(DEMO_DIR)

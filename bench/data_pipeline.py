@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from megastarid.console import run_main
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
 from megastarid.data.images import load_rgb
 from megastarid.data.transforms import (
     AlbumentationsTransform,
@@ -33,7 +34,6 @@ from megastarid.data.transforms import (
     star_augment_ops,
     star_crop_op,
 )
-from megastarid.errors import UserError
 
 PHOTO_SIZE = (4000, 3000)  # width, height of a 12-megapixel phone photo
 TARGET_SPEEDUP = 4.0

@@ -171,13 +171,19 @@ def wildlife_case(args: argparse.Namespace) -> None:
         raise SystemExit(f"wildlife-scale child failed:\n{proc.stderr}")
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
-    print(f"WildlifeReID-10k scale: {WILDLIFE['queries']:,} queries x {WILDLIFE['gallery']:,} gallery, "
-          f"{args.dim}-d, {WILDLIFE['identities']:,} identities ({stats['skipped']} skipped queries)")
-    print(f"  ranking: {stats['rank_wall_s']:.1f} s wall, {stats['rank_cpu_s']:.1f} s CPU, "
-          f"mAP {stats['mAP']:.4f} ({stats['chunk']} queries per chunk, {torch.get_num_threads()} threads)")
-    print(f"  peak RSS of the whole child process: {peak_mib:,.0f} MiB "
-          f"(of which input embeddings {stats['inputs_mib']:,.0f} MiB); limit 4096 MiB: "
-          f"{'met' if peak_mib < 4096 else 'NOT MET'}")
+    print(
+        f"WildlifeReID-10k scale: {WILDLIFE['queries']:,} queries x {WILDLIFE['gallery']:,} gallery, "
+        f"{args.dim}-d, {WILDLIFE['identities']:,} identities ({stats['skipped']} skipped queries)"
+    )
+    print(
+        f"  ranking: {stats['rank_wall_s']:.1f} s wall, {stats['rank_cpu_s']:.1f} s CPU, "
+        f"mAP {stats['mAP']:.4f} ({stats['chunk']} queries per chunk, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"  peak RSS of the whole child process: {peak_mib:,.0f} MiB "
+        f"(of which input embeddings {stats['inputs_mib']:,.0f} MiB); limit 4096 MiB: "
+        f"{'met' if peak_mib < 4096 else 'NOT MET'}"
+    )
 
 
 def main() -> None:

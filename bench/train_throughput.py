@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 from lightning_fabric import Fabric
 
-from megastarid.config import FinetuneConfig
-from megastarid.losses import ReIDLoss
-from megastarid.models import EmbeddingModel, build_model
-from megastarid.trainer import Trainer, fabric_options
+from megastarid.training.config import FinetuneConfig
+from megastarid.training.losses import ReIDLoss
+from megastarid.training.models import EmbeddingModel, build_model
+from megastarid.training.trainer import Trainer, fabric_options
 
 
 def bare_loop(model: EmbeddingModel, device: torch.device, bf16: bool, lr: float) -> Callable:

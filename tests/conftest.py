@@ -49,7 +49,11 @@ def star_tree(tmp_path: Path) -> Path:
     layout = {
         "SiteA": {
             "star1": {
-                "3_23_2024_dock": 2, "4_02_2024_dock": 2, "5_10_2024_reef": 2, "6_01_2024": 1, "7_15_2024": 2
+                "3_23_2024_dock": 2,
+                "4_02_2024_dock": 2,
+                "5_10_2024_reef": 2,
+                "6_01_2024": 1,
+                "7_15_2024": 2,
             },
             "star2": {"2024-03-23": 2, "2024-05-01": 3},
             "star3": {"2024-03-23": 3},
@@ -62,7 +66,7 @@ def star_tree(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_stars(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small built-in synthetic star tree (8 identities, 96 px, seed 0) shared by the session: read only."""
-    from megastarid.synth import generate_stars
+    from megastarid.data.synth import generate_stars
 
     root = tmp_path_factory.mktemp("synthetic") / "stars"
     return generate_stars(root, identities=8, seed=0, image_size=96)
@@ -71,7 +75,7 @@ def synthetic_stars(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_wildlife(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic WildlifeReID-10k folder (20 identities, a SeaStarReID2023 slice): read only."""
-    from megastarid.synth import generate_wildlife
+    from megastarid.data.synth import generate_wildlife
 
     root = tmp_path_factory.mktemp("synthetic") / "wildlife"
     return generate_wildlife(root, identities=20, seed=0, image_size=64)

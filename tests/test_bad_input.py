@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import make_star_tree, write_image
 from megastarid.cli import main as cli_main
-from megastarid.data.catalogue import load_star_catalogue
 from megastarid.data.datasets import ImageDataset, collate_skip_bad
+from megastarid.data.sources import load_star_catalogue
 
 GOOD = {"S": {"a": {"2024-01-01": 2, "2024-02-01": 2}, "b": {"2024-01-01": 2, "2024-03-01": 1}}}
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megastarid.config import (
+from megastarid.core.errors import UserError
+from megastarid.training.config import (
     CotrainConfig,
     FinetuneConfig,
     PretrainConfig,
@@ -15,7 +16,6 @@ from megastarid.config import (
     parse_config,
     save_config,
 )
-from megastarid.errors import UserError
 
 
 def parse(cls, argv):
@@ -107,7 +107,7 @@ def test_bad_yaml_is_a_one_line_error(tmp_path: Path, content: str, message: str
 
 @pytest.mark.parametrize("cls", [PretrainConfig, CotrainConfig])
 def test_both_wildlife_commands_filter_the_wildlife_set(cls, synthetic_wildlife: Path) -> None:
-    from megastarid.tasks import wildlife_catalogue
+    from megastarid.training.tasks import wildlife_catalogue
 
     argv = ["--wildlife-root", str(synthetic_wildlife), "--wildlife-datasets", "WhaleSharkID,StripeSpotter"]
     catalogue = wildlife_catalogue(parse(cls, argv))

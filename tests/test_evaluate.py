@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from conftest import write_image
-from megastarid.console import run_main
-from megastarid.data.catalogue import load_star_catalogue, load_wildlife_catalogue
+from megastarid.core.console import run_main
+from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.evaluate import main
 from megastarid.evaluation.embeddings import NPZ_ARRAYS, EmbeddingSet, load_embeddings, save_embeddings
 from megastarid.evaluation.reports import EMBEDDINGS_NPZ, IDENTITY_CSV, SUMMARY_JSON
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import WILDLIFE_DATASET_CSV, evaluate_wildlife
-from megastarid.models import build_model, save_checkpoint
+from megastarid.training.models import build_model, save_checkpoint
 
 REPORTS = {
     "star_query_metrics.csv",

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import write_image
+from megastarid.core.errors import UserError
 from megastarid.data.images import load_rgb
 from megastarid.data.transforms import build_eval_transform
-from megastarid.errors import UserError
 from megastarid.evaluation.embed import embed_images
 
 SIZE = 16

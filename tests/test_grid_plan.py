@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from megastarid.console import run_main
-from megastarid.errors import UserError
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
 from megastarid.experiments import grid_search
 from megastarid.experiments.plan import (
     GridConfig,
@@ -37,8 +37,10 @@ def test_dry_run_prints_every_experiment_and_trains_nothing(tmp_path, capsys):
 
     assert "6 experiments (3 strategies × 2 losses × 1 seed)" in text
     for strategy in ("pretrain_finetune", "cotrain", "star_only"):
-        for loss, weights in (("circle", "circle weight 1, triplet weight 0"),
-                              ("triplet", "circle weight 0, triplet weight 1")):
+        for loss, weights in (
+            ("circle", "circle weight 1, triplet weight 0"),
+            ("triplet", "circle weight 0, triplet weight 1"),
+        ):
             name = f"{strategy}-{loss}-seed0"
             assert f"] {name}" in text
             assert f"strategy {strategy}, loss {loss} ({weights}), seed 0, device CPU" in text
@@ -59,9 +61,23 @@ def test_phase_commands_carry_loss_seed_checkpoint_and_data_roots(tmp_path, caps
     wildlife.mkdir()
     out = tmp_path / "g"
     text = dry_run(
-        capsys, "--losses", "combined", "--seeds", "4", "--epochs", "2", "--pretrain-epochs", "5",
-        "--output-dir", str(out), "--star-root", str(stars), "--wildlife-root", str(wildlife),
-        "--cotrain-args", "--star-batch-ratio 0.5",
+        capsys,
+        "--losses",
+        "combined",
+        "--seeds",
+        "4",
+        "--epochs",
+        "2",
+        "--pretrain-epochs",
+        "5",
+        "--output-dir",
+        str(out),
+        "--star-root",
+        str(stars),
+        "--wildlife-root",
+        str(wildlife),
+        "--cotrain-args",
+        "--star-batch-ratio 0.5",
     )
     by_module = {cmd[2]: cmd for cmd in commands(text)}
     pretrain, cotrain = by_module["megastarid.pretrain"], by_module["megastarid.cotrain"]
@@ -87,8 +103,19 @@ def test_phase_commands_carry_loss_seed_checkpoint_and_data_roots(tmp_path, caps
 
 
 def test_gpus_spread_experiments_one_per_gpu(tmp_path, capsys):
-    text = dry_run(capsys, "--gpus", "0,1", "--strategies", "star_only,cotrain", "--losses", "circle",
-                   "--seeds", "0,1", "--output-dir", str(tmp_path))
+    text = dry_run(
+        capsys,
+        "--gpus",
+        "0,1",
+        "--strategies",
+        "star_only,cotrain",
+        "--losses",
+        "circle",
+        "--seeds",
+        "0,1",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert "GPUs 0,1, one experiment per GPU side by side" in text
     gpus = [cmd[cmd.index("--gpus") + 1] for cmd in commands(text)]
     assert sorted(gpus) == ["0", "0", "1", "1"]
@@ -96,8 +123,13 @@ def test_gpus_spread_experiments_one_per_gpu(tmp_path, capsys):
 
 
 def test_longest_experiments_are_balanced_over_slots(tmp_path):
-    config = GridConfig(strategies=("pretrain_finetune", "star_only"), losses=("circle",), seeds=(0, 1),
-                        epochs=10, output_dir=tmp_path)
+    config = GridConfig(
+        strategies=("pretrain_finetune", "star_only"),
+        losses=("circle",),
+        seeds=(0, 1),
+        epochs=10,
+        output_dir=tmp_path,
+    )
     assignment = assign_devices(build_plan(config), [0, 1])
     # each GPU gets one two-phase and one one-phase experiment: 30 epochs each
     for strategy in ("pretrain_finetune", "star_only"):
@@ -150,8 +182,13 @@ def write_run(run_dir: Path, *, finished: bool, star: bool, last: bool) -> None:
     """A run folder as the trainer leaves it: finished, interrupted or never checkpointed."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if finished:
-        summary = {"status": "finished", "best_epoch": 1, "best_metric": 0.5, "epochs_completed": 1,
-                   "wall_time_s": 3.0}
+        summary = {
+            "status": "finished",
+            "best_epoch": 1,
+            "best_metric": 0.5,
+            "epochs_completed": 1,
+            "wall_time_s": 3.0,
+        }
         (run_dir / "run_summary.json").write_text(json.dumps(summary))
     if star:
         (run_dir / "star_evaluation_summary.json").write_text(json.dumps({"mAP": 0.5, "CMC@1": 0.6}))

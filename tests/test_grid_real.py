@@ -21,16 +21,43 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 TRAIN_ARGS = [
-    "--backbone", "test_resnet", "--no-pretrained", "--embedding-dim", "32", "--image-size", "64",
-    "--batch-size", "8", "--num-instances", "2", "--workers", "0",
+    "--backbone",
+    "test_resnet",
+    "--no-pretrained",
+    "--embedding-dim",
+    "32",
+    "--image-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--num-instances",
+    "2",
+    "--workers",
+    "0",
 ]
 
 
 def grid(out: Path, stars: Path, wildlife: Path, env: dict[str, str]) -> tuple[int, str, float]:
     command = [
-        sys.executable, "-m", "megastarid.experiments.grid_search", "--strategies", "cotrain,star_only",
-        "--losses", "circle", "--seeds", "0", "--epochs", "1", "--output-dir", str(out),
-        "--star-root", str(stars), "--wildlife-root", str(wildlife), "--", *TRAIN_ARGS,
+        sys.executable,
+        "-m",
+        "megastarid.experiments.grid_search",
+        "--strategies",
+        "cotrain,star_only",
+        "--losses",
+        "circle",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(out),
+        "--star-root",
+        str(stars),
+        "--wildlife-root",
+        str(wildlife),
+        "--",
+        *TRAIN_ARGS,
     ]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
@@ -52,7 +79,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, synthetic_stars: Path, synthe
             blocked.unlink()
         code, output, seconds = grid(out, synthetic_stars, synthetic_wildlife, env)
         steps[step] = {
-            "code": code, "output": output, "seconds": seconds,
+            "code": code,
+            "output": output,
+            "seconds": seconds,
             "csv": pd.read_csv(out / "grid_results.csv"),
             "summary": (out / "grid_summary.md").read_text(),
             "png": (out / "grid_results.png").stat().st_mtime_ns,

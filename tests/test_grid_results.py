@@ -26,8 +26,13 @@ FINISHED = {
 
 def finish(run_dir: Path, m_ap: float | None, cmc1: float | None, wall: float, best_epoch: int = 3) -> None:
     run_dir.mkdir(parents=True)
-    summary = {"status": "finished", "best_epoch": best_epoch, "best_metric": m_ap or 0.1,
-               "epochs_completed": 4, "wall_time_s": wall}
+    summary = {
+        "status": "finished",
+        "best_epoch": best_epoch,
+        "best_metric": m_ap or 0.1,
+        "epochs_completed": 4,
+        "wall_time_s": wall,
+    }
     (run_dir / "run_summary.json").write_text(json.dumps(summary))
     (run_dir / "last.pth").write_bytes(b"x")
     if m_ap is not None:
@@ -44,19 +49,31 @@ def make_grid(out: Path) -> GridConfig:
         finish(folder / "finetune", m_ap, cmc1, wall=10.0)
     failed = out / "pretrain_finetune-triplet-seed1"
     finish(failed / "pretrain", None, None, wall=100.0)
-    status = {"status": "failed", "phase": "finetune", "returncode": 2,
-              "error": "loading...\nmegastarid: error: --checkpoint x.pth does not exist"}
+    status = {
+        "status": "failed",
+        "phase": "finetune",
+        "returncode": 2,
+        "error": "loading...\nmegastarid: error: --checkpoint x.pth does not exist",
+    }
     (failed / "grid_status.json").write_text(json.dumps(status))
-    return GridConfig(strategies=("pretrain_finetune", "star_only"), losses=("circle", "triplet"),
-                      seeds=(0, 1), output_dir=out)
+    return GridConfig(
+        strategies=("pretrain_finetune", "star_only"),
+        losses=("circle", "triplet"),
+        seeds=(0, 1),
+        output_dir=out,
+    )
 
 
 def test_results_table_rows_come_from_the_run_folders(tmp_path):
     config = make_grid(tmp_path)
     (tmp_path / "star_only-circle-seed2" / "finetune").mkdir(parents=True)
     (tmp_path / "star_only-circle-seed2" / "finetune" / "last.pth").write_bytes(b"x")
-    experiments = [*build_plan(config), *build_plan(GridConfig(strategies=("star_only",), losses=("circle",),
-                                                               seeds=(2,), output_dir=tmp_path))]
+    experiments = [
+        *build_plan(config),
+        *build_plan(
+            GridConfig(strategies=("star_only",), losses=("circle",), seeds=(2,), output_dir=tmp_path)
+        ),
+    ]
     write_results(experiments, tmp_path)
 
     table = pd.read_csv(tmp_path / "grid_results.csv")

@@ -76,8 +76,13 @@ def fake_plan(
         phases = tuple(
             dataclasses.replace(
                 phase,
-                argv=(sys.executable, str(trainer), "--output-dir", str(phase.run_dir),
-                      *extra.get(experiment.name, [])),
+                argv=(
+                    sys.executable,
+                    str(trainer),
+                    "--output-dir",
+                    str(phase.run_dir),
+                    *extra.get(experiment.name, []),
+                ),
             )
             for phase in experiment.phases
         )
@@ -108,7 +113,9 @@ def test_one_failure_is_recorded_and_the_others_finish(tmp_path, fake_trainer, c
     outcomes = run_all(experiments)
 
     assert {name: o.status for name, o in outcomes.items()} == {
-        "pretrain_finetune-circle-seed0": "finished", bad: "failed", "star_only-circle-seed0": "finished",
+        "pretrain_finetune-circle-seed0": "finished",
+        bad: "failed",
+        "star_only-circle-seed0": "finished",
     }
     status = json.loads((out / bad / "grid_status.json").read_text())
     assert status["phase"] == "cotrain" and status["returncode"] == 2
@@ -130,8 +137,11 @@ def test_one_failure_is_recorded_and_the_others_finish(tmp_path, fake_trainer, c
 
 def test_rerun_skips_finished_resumes_interrupted_and_retries_failed(tmp_path, fake_trainer, caplog):
     out = tmp_path / "grid"
-    first = fake_plan(out, fake_trainer, {"cotrain-circle-seed0": ["--fail", "out of memory"],
-                                          "star_only-circle-seed0": ["--unfinished"]})
+    first = fake_plan(
+        out,
+        fake_trainer,
+        {"cotrain-circle-seed0": ["--fail", "out of memory"], "star_only-circle-seed0": ["--unfinished"]},
+    )
     outcomes = run_all(first)
     assert outcomes["star_only-circle-seed0"].status == "failed"  # exited 0 without run_summary.json
     assert "exited without a finished run" in outcomes["star_only-circle-seed0"].error
@@ -165,8 +175,9 @@ def test_gpu_slots_run_side_by_side(tmp_path, fake_trainer):
 
 def test_sigterm_stops_the_running_phase_which_saves_for_resume(tmp_path, fake_trainer):
     out = tmp_path / "grid"
-    experiments = fake_plan(out, fake_trainer, {"star_only-circle-seed0": ["--sleep", "30"]},
-                            strategies=("star_only", "cotrain"))
+    experiments = fake_plan(
+        out, fake_trainer, {"star_only-circle-seed0": ["--sleep", "30"]}, strategies=("star_only", "cotrain")
+    )
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     start = time.monotonic()

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import write_image
+from megastarid.core.errors import UserError
 from megastarid.data.datasets import ConcatImageDataset, ImageDataset, collate_skip_bad
 from megastarid.data.images import BACKGROUND, BadImageError, is_image_file, load_rgb
-from megastarid.errors import UserError
 
 
 def _assert_rgb8(image: Image.Image, size: tuple[int, int]) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.distances import CosineSimilarity
 
-from megastarid.losses import ReIDLoss
+from megastarid.training.losses import ReIDLoss
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 from megastarid.evaluation.metrics import mean_ap, rank_queries, rank_score_matrix
 from megastarid.evaluation.rerank import MAX_RERANK_ITEMS, k_reciprocal_scores
 

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from megastarid.errors import UserError
-from megastarid.models import build_model, load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from megastarid.core.errors import UserError
+from megastarid.training.models import (
+    build_model,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
 
 BACKBONE = "test_resnet"
 

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import write_image
 from megastarid.cli import main as cli_main
 from megastarid.data.readers import read_star_tree
-from megastarid.prepare import prepare_tree
+from megastarid.data.resize import prepare_tree
 
 
 def _tree(src: Path) -> Path:

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from megastarid import cli
+from megastarid import data_cli
 from megastarid.data import preview
 from megastarid.data.readers import read_star_tree
 
@@ -52,7 +53,7 @@ def test_unreadable_photo_is_skipped_with_warning(star_tree: Path, tmp_path: Pat
 
 def test_defaults_to_the_synthetic_stars(star_tree: Path, tmp_path: Path, monkeypatch) -> None:
     asked = []
-    monkeypatch.setattr(preview, "ensure_synthetic", lambda kind: asked.append(kind) or star_tree)
+    monkeypatch.setattr(data_cli, "ensure_synthetic", lambda kind: asked.append(kind) or star_tree)
     assert run("--out", str(tmp_path / "grid.png"), "--n", "1", "--variants", "1") == 0
     assert asked == ["stars"]
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import make_star_tree, write_image
-from megastarid.data.catalogue import CATALOGUE_COLUMNS, identity_codes, load_star_catalogue, read_issues
+from megastarid.core.errors import UserError
+from megastarid.data.catalogue import CATALOGUE_COLUMNS, identity_codes, read_issues
 from megastarid.data.readers import read_identity_folders, read_star_csv, read_star_tree, read_wildlife
-from megastarid.errors import UserError
+from megastarid.data.sources import load_star_catalogue
 
 
 def _check_schema(df: pd.DataFrame) -> None:

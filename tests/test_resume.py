@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from torch.utils.data import Dataset
 
-from megastarid.config import FinetuneConfig
 from megastarid.data.synth import generate_stars
-from megastarid.finetune import finetune_task
-from megastarid.models import load_checkpoint
-from megastarid.trainer import INTERRUPTED, fit
+from megastarid.training.strategies import finetune_task
+from megastarid.training.config import FinetuneConfig
+from megastarid.training.models import load_checkpoint
+from megastarid.training.trainer import INTERRUPTED, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

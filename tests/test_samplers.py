@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
+from megastarid.core.errors import UserError
 from megastarid.data.samplers import MixedPKBatchSampler, PKBatchSampler
-from megastarid.errors import UserError
 
 
 def uneven_labels(identities: int = 60, seed: int = 0) -> np.ndarray:

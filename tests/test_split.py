@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from conftest import make_star_tree
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import as_catalogue
-from megastarid.data.check import main as check_main
 from megastarid.data.readers import read_star_tree
 from megastarid.data.splits import audit_split, gallery_visits, temporal_split
-from megastarid.errors import UserError
+from megastarid.data_cli import check_main
 
 
 def _catalogue(rows: list[tuple[str, str, str | None]], split: str = "") -> pd.DataFrame:

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from megastarid.core.errors import UserError
 from megastarid.data import synth
-from megastarid.data.catalogue import load_star_catalogue
 from megastarid.data.dates import parse_folder_date
-from megastarid.errors import UserError
-from megastarid.synth import ensure_synthetic, generate_stars
+from megastarid.data.sources import load_star_catalogue
+from megastarid.data.synth import ensure_synthetic, generate_stars
 
 OUTING_FORMS = {
     "M_D_YYYY_dock_sighting": re.compile(r"^\d{1,2}_\d{1,2}_\d{4}_dock_sighting$"),

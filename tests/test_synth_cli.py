@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from megastarid import cli
-from megastarid.console import run_main
+from megastarid.core.console import run_main
 from megastarid.synth import main
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from megastarid.data.catalogue import load_wildlife_catalogue
-from megastarid.synth import generate_wildlife
+from megastarid.data.sources import load_wildlife_catalogue
+from megastarid.data.synth import generate_wildlife
 
 COLUMNS = ["identity", "path", "date", "orientation", "species", "split", "dataset", "cluster_id"]
 

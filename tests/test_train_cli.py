@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from megastarid import cotrain, finetune, pretrain
-from megastarid.console import run_main
-from megastarid.data.catalogue import load_star_catalogue
+from megastarid.core.console import run_main
+from megastarid.data.sources import load_star_catalogue
 from megastarid.data.synth import generate_stars, generate_wildlife
-from megastarid.models import load_checkpoint
+from megastarid.training.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,7 +175,7 @@ def test_offline_pretrained_fails_before_the_run_folder_is_made(
 
 
 def test_checkpoint_and_backbone_must_agree(tmp_path: Path, data: dict[str, Path], capsys) -> None:
-    from megastarid.models import build_model, save_checkpoint
+    from megastarid.training.models import build_model, save_checkpoint
 
     ckpt = tmp_path / "pre.pth"
     save_checkpoint(ckpt, build_model("test_resnet", 16), {"backbone": "test_resnet", "embedding_dim": 16})

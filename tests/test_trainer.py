@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from megastarid.config import FinetuneConfig
+from megastarid.core.errors import UserError
 from megastarid.data.samplers import PKBatchSampler
-from megastarid.errors import UserError
-from megastarid.models import build_model, load_checkpoint
-from megastarid.trainer import TrainTask, fabric_options, fit, lr_factor
+from megastarid.training.config import FinetuneConfig
+from megastarid.training.models import build_model, load_checkpoint
+from megastarid.training.trainer import TrainTask, fabric_options, fit, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

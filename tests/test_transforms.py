@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from megastarid.core.errors import UserError
 from megastarid.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,7 +21,6 @@ from megastarid.data.transforms import (
     denormalise,
     star_augment_ops,
 )
-from megastarid.errors import UserError
 
 SIZE = 64
 ALL_OFF = StarAugmentConfig(

@@ -6,7 +6,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from megastarid.console import run_main
+from megastarid.core.console import run_main
 
 #: sub-command -> (module whose ``main(argv)`` it runs, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

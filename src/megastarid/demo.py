@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from megastarid import finetune, pretrain
-from megastarid.console import run_main
+from megastarid.core.console import run_main
+from megastarid.training.config import FinetuneConfig, PretrainConfig, parse_config
+from megastarid.training.strategies import run_finetune, run_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,9 @@ log = logging.getLogger(__name__)
 FIXED = ("--no-pretrained", "--overwrite", "--num-instances", "4", "--warmup-epochs", "1")
 
 
-def _phase(name: str, main: object, argv: list[str]) -> None:
+def _phase(name: str, config: type, run: object, argv: list[str]) -> None:
     log.info("demo: %s %s", name, " ".join(argv))
-    code = main(argv)  # type: ignore[operator]
+    code = run(parse_config(config, argv, f"megastarid {name}", ""))  # type: ignore[operator]
     if code:
         raise SystemExit(code)
 
@@ -75,12 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     _phase(
         "pretrain",
-        pretrain.main,
+        PretrainConfig,
+        run_pretrain,
         ["--output-dir", str(pre_dir), *common, "--epochs", str(args.pretrain_epochs)],
     )
     _phase(
         "finetune",
-        finetune.main,
+        FinetuneConfig,
+        run_finetune,
         [
             "--output-dir",
             str(fine_dir),

@@ -18,15 +18,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from megastarid.console import run_main
-from megastarid.data.catalogue import load_star_catalogue, load_wildlife_catalogue
-from megastarid.errors import UserError
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
+from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
+from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embeddings import load_embeddings
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
-from megastarid.models import load_model_from_checkpoint
-from megastarid.synth import ensure_synthetic
+from megastarid.training.models import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
 

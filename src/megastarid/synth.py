@@ -9,18 +9,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from megastarid.console import run_main
+from megastarid.core.console import run_main
 from megastarid.data.synth import (
     DEFAULT_STAR_IDENTITIES,
     DEFAULT_STAR_IMAGE_SIZE,
     DEFAULT_WILDLIFE_IDENTITIES,
     DEFAULT_WILDLIFE_IMAGE_SIZE,
-    ensure_synthetic,
     generate_stars,
     generate_wildlife,
 )
-
-__all__ = ["ensure_synthetic", "generate_stars", "generate_wildlife", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ table in ``df.attrs[READ_ISSUES]`` (kind -> list of paths) so ``data check`` can
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 CATALOGUE_COLUMNS = ("path", "identity", "folder", "date", "dataset", "species", "split")
 READ_ISSUES = "read_issues"
@@ -59,29 +58,6 @@ def identity_codes(identities: Iterable[str]) -> tuple[np.ndarray, list[str]]:
     """Integer labels for identities (sorted names -> 0..N-1, so the same set always gets the same codes)."""
     codes, names = pd.factorize(pd.Series(list(identities), dtype=str), sort=True)
     return codes.astype(np.int64), [str(name) for name in names]
-
-
-def load_star_catalogue(root: Path, csv: Path | None = None, gallery_fraction: float = 0.8) -> pd.DataFrame:
-    """Read star_dataset (the tree under ``root``, or the metadata ``csv`` with paths inside ``root``) and
-    mark the temporal split: the one call trainers and the evaluator use."""
-    # Imported here because the readers and the split build on this module's schema.
-    from megastarid.data.readers import read_star_csv, read_star_tree
-    from megastarid.data.splits import temporal_split
-
-    df = read_star_csv(csv, root) if csv is not None else read_star_tree(root)
-    return temporal_split(df, gallery_fraction)
-
-
-def load_wildlife_catalogue(
-    root: Path,
-    datasets: Sequence[str] | None = None,
-    species: Sequence[str] | None = None,
-    exclude_datasets: Sequence[str] = ("SeaStarReID2023",),
-) -> pd.DataFrame:
-    """Read WildlifeReID-10k (``root/metadata.csv``) with its official split and the given filters."""
-    from megastarid.data.readers import read_wildlife
-
-    return read_wildlife(root, datasets=datasets, species=species, exclude_datasets=exclude_datasets)
 
 
 def examples(items: Sequence[str], limit: int = 10) -> str:

@@ -8,9 +8,6 @@ be fed back with ``--csv``). Exits 0 when usable, else prints ``megastarid: erro
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,18 +16,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from megastarid.console import run_main
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import (
     CATALOGUE_COLUMNS,
     examples,
-    load_star_catalogue,
-    load_wildlife_catalogue,
     read_issues,
 )
 from megastarid.data.images import BadImageError, load_rgb
 from megastarid.data.readers import read_identity_folders
+from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.splits import audit_split
-from megastarid.errors import UserError
 
 #: Decode size used to test a photo: small enough that JPEGs decode at 1/8 scale, yet the whole file is read.
 PROBE_SIDE = 64
@@ -158,82 +153,3 @@ def export_split(df: pd.DataFrame, unreadable: dict[str, str] | None, out: Path)
         table.to_csv(out, index=False)
     except OSError as err:
         raise UserError(f"cannot write --export-split {out}: {err.strerror}") from err
-
-
-def _names(text: str) -> list[str]:
-    """A comma-separated option value as a list (spelled as in the training commands)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid data check",
-        description="Validate a data set, print a summary and optionally export its split.",
-    )
-    parser.add_argument(
-        "--star-root", type=Path, help="star_dataset root (ROOT/<DATASET>/<individual>/<outing>/)"
-    )
-    parser.add_argument(
-        "--csv",
-        "--star-csv",
-        type=Path,
-        help="star metadata CSV (paths inside --star-root, default its folder)",
-    )
-    parser.add_argument("--wildlife-root", type=Path, help="WildlifeReID-10k root (with metadata.csv)")
-    parser.add_argument("--identity-root", type=Path, help="one folder per identity (SeaStarReID2023 style)")
-    parser.add_argument("--wildlife-datasets", type=_names, help="comma-separated source datasets to keep")
-    parser.add_argument("--wildlife-species", type=_names, help="comma-separated species to keep")
-    parser.add_argument(
-        "--gallery-fraction", type=float, default=0.8, help="stars: share of outings in gallery"
-    )
-    parser.add_argument(
-        "--export-split", type=Path, metavar="FILE.csv", help="write the catalogue with its split"
-    )
-    parser.add_argument(
-        "--no-open", action="store_true", help="skip decoding every photo (faster, less thorough)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos"
-    )
-    return parser
-
-
-def _source(args: argparse.Namespace) -> Source:
-    given = [name for name in ("star_root", "csv", "wildlife_root", "identity_root") if getattr(args, name)]
-    if not given:
-        raise UserError(
-            "say which data set to check: --star-root DIR, --csv FILE, --wildlife-root DIR or "
-            "--identity-root DIR"
-        )
-    if len(given) > 1 and set(given) != {"star_root", "csv"}:
-        options = " and ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"check one data set at a time (got {options})")
-    if (args.wildlife_datasets or args.wildlife_species) and not args.wildlife_root:
-        raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
-    if args.wildlife_root:
-        return Source("wildlife", args.wildlife_root)
-    if args.identity_root:
-        return Source("identity folders", args.identity_root)
-    if args.csv:
-        return Source("stars", args.star_root or args.csv.parent, args.csv)
-    return Source("stars", args.star_root)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    source = _source(args)
-    df = load_source(source, args.wildlife_datasets, args.wildlife_species, args.gallery_fraction)
-    unreadable = None if args.no_open else find_unreadable(df["path"].tolist(), args.workers)
-    lines, reasons = summarise(df, unreadable or {}, source)
-    print("\n".join(lines))
-    if args.export_split:
-        export_split(df, unreadable, args.export_split)
-        print(f"split written to {args.export_split}")
-    if reasons:
-        raise UserError(f"{source.csv or source.root} is not usable: {reasons[0]}")
-    print("usable: yes" if unreadable is not None else "usable: yes (photos not opened: --no-open)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 #: Files the readers treat as photos (compared lower-case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import as_catalogue, examples, normalise_split
 from megastarid.data.dates import parse_folder_dates
 from megastarid.data.images import is_image_file
-from megastarid.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 
 def _check_distributed(rank: int, world_size: int, seed: int) -> None:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import examples
-from megastarid.errors import UserError
 
 log = logging.getLogger(__name__)
 

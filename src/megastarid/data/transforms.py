@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import examples
 from megastarid.data.datasets import ImageDataset, collate_skip_bad
 from megastarid.data.transforms import build_eval_transform
-from megastarid.errors import UserError
 
 log = logging.getLogger(__name__)
 

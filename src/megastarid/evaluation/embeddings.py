@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 _SIDES = ("query", "gallery")
 _LABELS = ("identities", "paths", "folders")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 #: Query + gallery images above which re-ranking is refused (about 1.7 GB of dense matrices at 12,000).
 MAX_RERANK_ITEMS = 12_000

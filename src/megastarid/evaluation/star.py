@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from megastarid.core.errors import UserError
 from megastarid.data.catalogue import examples
-from megastarid.errors import UserError
 from megastarid.evaluation.embed import embed_images
 from megastarid.evaluation.embeddings import EmbeddingSet, save_embeddings
 from megastarid.evaluation.metrics import QueryResults, rank_queries, rank_score_matrix

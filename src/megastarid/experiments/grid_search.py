@@ -18,9 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from megastarid.config import CotrainConfig, FinetuneConfig, PretrainConfig, TrainConfig, build_parser
-from megastarid.console import run_main
-from megastarid.errors import UserError
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,
@@ -38,6 +37,13 @@ from megastarid.experiments.plan import (
 )
 from megastarid.experiments.results import RESULTS_CSV, RESULTS_PNG, SUMMARY_MD, write_results
 from megastarid.experiments.runner import run_grid
+from megastarid.training.config import (
+    CotrainConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    TrainConfig,
+    build_parser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +70,53 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                        help=f"comma list of {', '.join(STRATEGIES)} (default: all)")
-    parser.add_argument("--losses", default=",".join(DEFAULT_LOSSES),
-                        help="comma list of circle (weights 1/0), triplet (0/1), combined (0.7/0.3) "
-                             "(default: circle,triplet)")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma list of {', '.join(STRATEGIES)} (default: all)",
+    )
+    parser.add_argument(
+        "--losses",
+        default=",".join(DEFAULT_LOSSES),
+        help="comma list of circle (weights 1/0), triplet (0/1), combined (0.7/0.3) "
+        "(default: circle,triplet)",
+    )
     parser.add_argument("--seeds", default="0", help="comma list of seeds, one run each (default: 0)")
     parser.add_argument("--epochs", type=int, default=25, help="epochs per training phase (default: 25)")
-    parser.add_argument("--pretrain-epochs", type=int, default=None,
-                        help="epochs of the pretrain phase (default: --epochs)")
-    parser.add_argument("--gpus", default=None,
-                        help="comma list of GPU ids; experiments run side by side, one per GPU "
-                             "(default: one after another on the trainer's default device)")
-    parser.add_argument("--output-dir", type=Path, default=Path("checkpoints/megastarid/grid"),
-                        help="grid folder (default: checkpoints/megastarid/grid)")
-    parser.add_argument("--star-root", type=Path, default=None,
-                        help="star_dataset root, for finetune and cotrain (default: built-in synthetic set)")
-    parser.add_argument("--wildlife-root", type=Path, default=None,
-                        help="WildlifeReID-10k root, for pretrain and cotrain "
-                             "(default: built-in synthetic set)")
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=None, help="epochs of the pretrain phase (default: --epochs)"
+    )
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        help="comma list of GPU ids; experiments run side by side, one per GPU "
+        "(default: one after another on the trainer's default device)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("checkpoints/megastarid/grid"),
+        help="grid folder (default: checkpoints/megastarid/grid)",
+    )
+    parser.add_argument(
+        "--star-root",
+        type=Path,
+        default=None,
+        help="star_dataset root, for finetune and cotrain (default: built-in synthetic set)",
+    )
+    parser.add_argument(
+        "--wildlife-root",
+        type=Path,
+        default=None,
+        help="WildlifeReID-10k root, for pretrain and cotrain (default: built-in synthetic set)",
+    )
     for phase in ("pretrain", "finetune", "cotrain"):
-        parser.add_argument(f"--{phase}-args", default="", metavar="ARGS",
-                            help=f'extra options for the {phase} phase only, e.g. --{phase}-args="--lr 1e-4"')
+        parser.add_argument(
+            f"--{phase}-args",
+            default="",
+            metavar="ARGS",
+            help=f'extra options for the {phase} phase only, e.g. --{phase}-args="--lr 1e-4"',
+        )
     parser.add_argument("--dry-run", action="store_true", help="print the plan and commands; train nothing")
     return parser
 
@@ -107,8 +138,9 @@ def _integers(text: str, option: str, example: str) -> tuple[int, ...]:
     try:
         numbers = tuple(dict.fromkeys(int(value) for value in values))
     except ValueError:
-        raise UserError(f"{option}: {text!r} is not a comma list of integers, e.g. {option} {example}") \
-            from None
+        raise UserError(
+            f"{option}: {text!r} is not a comma list of integers, e.g. {option} {example}"
+        ) from None
     return numbers
 
 
@@ -134,14 +166,17 @@ def _passed_through(args: Sequence[str], where: str) -> tuple[str, ...]:
     for i, arg in enumerate(args):
         option = _controlled(arg)
         if option:
-            raise UserError(f"{where}: {option} is set by the grid for each experiment; "
-                            f"use {GRID_CONTROLLED[option]}")
+            raise UserError(
+                f"{where}: {option} is set by the grid for each experiment; use {GRID_CONTROLLED[option]}"
+            )
         if arg.split("=", 1)[0] == "--config":
             path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             clash = next((key for key in _yaml_keys(path) if key in GRID_CONTROLLED), None)
             if clash:
-                raise UserError(f"--config {path}: {clash[2:]} is set by the grid for each experiment; "
-                                f"remove it and use {GRID_CONTROLLED[clash]}")
+                raise UserError(
+                    f"--config {path}: {clash[2:]} is set by the grid for each experiment; "
+                    f"remove it and use {GRID_CONTROLLED[clash]}"
+                )
     return tuple(args)
 
 
@@ -180,7 +215,7 @@ def parse_config(argv: Sequence[str]) -> tuple[GridConfig, bool]:
         output_dir=args.output_dir.resolve(),
         star_root=_existing_dir(args.star_root, "--star-root"),
         wildlife_root=_existing_dir(args.wildlife_root, "--wildlife-root"),
-        train_args=_passed_through(argv[cut + 1:], "options after --"),
+        train_args=_passed_through(argv[cut + 1 :], "options after --"),
         phase_args={
             phase: _split_args(getattr(args, f"{phase}_args"), f"--{phase}-args")
             for phase in ("pretrain", "finetune", "cotrain")
@@ -252,20 +287,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_gpus(config.gpus)
     log.info(
         "grid search: %s, %d to run, %d finished; output %s",
-        plural(len(experiments), "experiment"), len(assignment), len(experiments) - len(assignment),
+        plural(len(experiments), "experiment"),
+        len(assignment),
+        len(experiments) - len(assignment),
         config.output_dir,
     )
     try:
         outcomes = run_grid(experiments, assignment, slots, device)
     finally:
         write_results(with_existing(config, experiments), config.output_dir)
-        log.info("results: %s", ", ".join(str(config.output_dir / name)
-                                          for name in (RESULTS_CSV, SUMMARY_MD, RESULTS_PNG)))
+        log.info(
+            "results: %s",
+            ", ".join(str(config.output_dir / name) for name in (RESULTS_CSV, SUMMARY_MD, RESULTS_PNG)),
+        )
     print((config.output_dir / SUMMARY_MD).read_text(encoding="utf-8"))
     failed = [name for name, outcome in outcomes.items() if outcome.status == "failed"]
     if failed:
-        log.info("%d of %s failed (errors in %s): %s",
-                 len(failed), plural(len(experiments), "experiment"), RESULTS_CSV, ", ".join(failed))
+        log.info(
+            "%d of %s failed (errors in %s): %s",
+            len(failed),
+            plural(len(experiments), "experiment"),
+            RESULTS_CSV,
+            ", ".join(failed),
+        )
     return 1 if failed else 0
 
 

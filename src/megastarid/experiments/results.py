@@ -28,7 +28,15 @@ from megastarid.experiments.plan import (
 
 METRICS = ("mAP", "CMC@1", "CMC@5", "CMC@10", "CMC@20")
 RESULT_COLUMNS = (
-    "strategy", "loss", "seed", "status", *METRICS, "best_epoch", "wall_time_s", "run_folder", "error",
+    "strategy",
+    "loss",
+    "seed",
+    "status",
+    *METRICS,
+    "best_epoch",
+    "wall_time_s",
+    "run_folder",
+    "error",
 )
 SUMMARY_METRICS = ("mAP", "CMC@1")
 RESULTS_CSV = "grid_results.csv"
@@ -178,8 +186,12 @@ def plot_results(results: pd.DataFrame, path: Path) -> None:
     axes = figure.subplots(len(SUMMARY_METRICS), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, SUMMARY_METRICS, strict=True):
         values = ordered[metric].to_numpy(dtype=float)
-        ax.bar(positions, [0 if math.isnan(v) else v for v in values], width=0.8,
-               color=[colours[loss] for loss in ordered["loss"]])
+        ax.bar(
+            positions,
+            [0 if math.isnan(v) else v for v in values],
+            width=0.8,
+            color=[colours[loss] for loss in ordered["loss"]],
+        )
         for pos, value, status in zip(positions, values, ordered["status"], strict=True):
             text = status if math.isnan(value) else f"{value:.2f}"
             ax.text(pos, 0.02 if math.isnan(value) else value, text, ha="center", va="bottom", fontsize=8)

@@ -100,9 +100,7 @@ def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processe
         return code, log_tail(log_file.read())
 
 
-def run_experiment(
-    experiment: Experiment, gpu: int | None, label: str, processes: Processes
-) -> Outcome:
+def run_experiment(experiment: Experiment, gpu: int | None, label: str, processes: Processes) -> Outcome:
     """Run the experiment's unfinished phases in order; the first failure ends it and is recorded."""
     experiment.out_dir.mkdir(parents=True, exist_ok=True)
     (experiment.out_dir / STATUS_FILE).unlink(missing_ok=True)
@@ -124,8 +122,14 @@ def run_experiment(
         if code != 0:
             seconds = time.monotonic() - started
             write_status(
-                experiment, status="failed", phase=phase.name, returncode=code, error=tail,
-                log=str(log_path), command=shlex.join(phase.command(gpu)), seconds=round(seconds, 1),
+                experiment,
+                status="failed",
+                phase=phase.name,
+                returncode=code,
+                error=tail,
+                log=str(log_path),
+                command=shlex.join(phase.command(gpu)),
+                seconds=round(seconds, 1),
             )
             return Outcome(experiment.name, "failed", seconds, tail)
     return Outcome(experiment.name, "finished", time.monotonic() - started)
@@ -212,11 +216,7 @@ def run_grid(
         else:
             queues[assignment[experiment.name]].append((label, experiment))
     processes = Processes()
-    workers = [
-        (slot, queue, threading.Event())
-        for slot, queue in queues.items()
-        if queue
-    ]
+    workers = [(slot, queue, threading.Event()) for slot, queue in queues.items() if queue]
     threads = [
         threading.Thread(
             target=_worker,

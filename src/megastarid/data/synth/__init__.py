@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from megastarid.core.errors import UserError
 from megastarid.data.synth.stars import write_stars
 from megastarid.data.synth.wildlife import write_wildlife
-from megastarid.errors import UserError
 
 log = logging.getLogger(__name__)
 

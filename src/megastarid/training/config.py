@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 C = TypeVar("C", bound="TrainConfig")
 

@@ -17,16 +17,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from megastarid.config import FinetuneConfig, TrainConfig, WildlifeOptions
-from megastarid.data.catalogue import identity_codes, load_star_catalogue, load_wildlife_catalogue
+from megastarid.core.errors import UserError
+from megastarid.data.catalogue import identity_codes
 from megastarid.data.datasets import ImageDataset
 from megastarid.data.samplers import PKBatchSampler
+from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, build_wildlife_train_transform
-from megastarid.errors import UserError
 from megastarid.evaluation.star import evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
-from megastarid.models import EmbeddingModel, build_model, load_checkpoint, model_from_checkpoint
+from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOptions
+from megastarid.training.models import EmbeddingModel, build_model, load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

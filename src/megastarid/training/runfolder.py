@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 #: files whose presence means the folder already holds a run
 RUN_MARKERS = ("config.yaml", "last.pth", "best.pth", "history.csv")

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from megastarid.errors import UserError
+from megastarid.core.errors import UserError
 
 Main = Callable[[Sequence[str] | None], int | None]
 

@@ -32,13 +32,18 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from megastarid.config import TrainConfig, parse_gpus, save_config
-from megastarid.curves import plot_training_curves
+from megastarid.core.errors import UserError
 from megastarid.data.datasets import collate_skip_bad
-from megastarid.errors import UserError
-from megastarid.losses import ReIDLoss
-from megastarid.models import EmbeddingModel, load_checkpoint, load_model_from_checkpoint, save_checkpoint
-from megastarid.runfolder import check_run_folder, prepare_run_folder, write_history, write_json
+from megastarid.training.config import TrainConfig, parse_gpus, save_config
+from megastarid.training.curves import plot_training_curves
+from megastarid.training.losses import ReIDLoss
+from megastarid.training.models import (
+    EmbeddingModel,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    save_checkpoint,
+)
+from megastarid.training.runfolder import check_run_folder, prepare_run_folder, write_history, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Core: errors, option parsing, file helpers and run-file names; imports nothing else of ours."""
