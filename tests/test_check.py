@@ -56,10 +56,12 @@ def test_csv_source(star_tree: Path, capsys) -> None:
         "a,SiteA/star1/3_23_2024_dock/img0.jpg,2024-03-23\n"
         "a,SiteA/star1/3_23_2024_dock/img1.jpg,2024-03-23\n"
         "a,SiteA/star1/7_15_2024/img0.jpg,2024-07-15\n"
+        "b,SiteA/star2/2024-03-23/img0.jpg,2024-03-23\n"
+        "b,SiteA/star2/2024-05-01/img0.jpg,2024-05-01\n"
     )
     code, out, _ = _run(capsys, "--csv", str(star_tree / "m.csv"))
     assert code == 0
-    assert "gallery/train 2 photos of 1 identities; query/test 1 photos of 1 identities" in out
+    assert "gallery/train 3 photos of 2 identities; query/test 2 photos of 2 identities" in out
 
 
 def test_wildlife_source(tmp_path: Path, capsys) -> None:

@@ -222,7 +222,7 @@ def test_wildlife_bad_roots(tmp_path: Path) -> None:
     (tmp_path / "metadata.csv").write_text("identity,image\nA,x.jpg\n")
     with pytest.raises(UserError, match="required column 'path' is missing"):
         read_wildlife(tmp_path)
-    (tmp_path / "metadata.csv").write_text("identity,path\nA,../../etc/passwd\n")
+    (tmp_path / "metadata.csv").write_text("identity,path,split\nA,../../etc/passwd,train\n")
     with pytest.raises(UserError, match=r"line 2: path '\.\./\.\./etc/passwd' is outside the root"):
         read_wildlife(tmp_path)
 

@@ -93,6 +93,8 @@ def summarise(df: pd.DataFrame, unreadable: dict[str, str], source: Source) -> t
         reasons.append("none of the photos can be read")
     elif (photos >= 2).sum() == 0:
         reasons.append("no identity has two or more readable photos, so there is nothing to learn from")
+    elif source.kind != "identity folders" and _training_identities(readable) < 2:
+        reasons.append("fewer than 2 identities have training photos; training needs at least 2 per batch")
     if source.kind != "identity folders":
         lines.extend(_split_lines(df, readable, source))
         reasons.extend(_split_reasons(readable, source))
@@ -100,6 +102,7 @@ def summarise(df: pd.DataFrame, unreadable: dict[str, str], source: Source) -> t
         ("empty_folders", "empty folders"),
         ("ignored_files", "ignored files"),
         ("missing_files", "listed but missing"),
+        ("unreadable_folders", "unreadable folders"),
     ):
         if issues.get(kind):
             lines.append(f"  {label:<12} {len(issues[kind])}: {examples(issues[kind], 3)}")
@@ -109,6 +112,10 @@ def summarise(df: pd.DataFrame, unreadable: dict[str, str], source: Source) -> t
         if len(unreadable) > 20:
             lines.append(f"  … and {len(unreadable) - 20} more (see --export-split, column 'readable')")
     return lines, reasons
+
+
+def _training_identities(readable: pd.DataFrame) -> int:
+    return int(readable.loc[readable["split"] == "train", "identity"].nunique())
 
 
 def _split_lines(df: pd.DataFrame, readable: pd.DataFrame, source: Source) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class _Scan:
     images: list[tuple[str, ...]] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     empty_folders: list[str] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)
 
 
 def require_dir(root: str | Path, what: str) -> Path:
@@ -49,13 +50,31 @@ def require_dir(root: str | Path, what: str) -> Path:
     return Path(os.path.abspath(path))
 
 
+def walk(root: Path, unreadable: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` over the non-hidden entries below ``root``, in sorted order, that follows symlinked
+    folders (a data set is often assembled from links) but never re-enters a folder it is inside, so a
+    link loop ends. Folders that cannot be listed are appended to ``unreadable`` (when given) instead of
+    vanishing."""
+    real_paths: dict[str, str] = {}
+
+    def on_error(err: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append(str(err.filename))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=on_error):
+        real = os.path.realpath(folder)
+        inside = {real_paths.get(str(parent)) for parent in Path(folder).parents}
+        if real in inside:
+            dirs[:] = []
+            continue
+        real_paths[folder] = real
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield folder, dirs, sorted(name for name in files if not name.startswith("."))
+
+
 def list_files(root: Path) -> list[Path]:
     """Every non-hidden file below ``root``, in a stable (sorted) order."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(folder, name) for name in sorted(files) if not name.startswith("."))
-    return found
+    return [Path(folder, name) for folder, _, files in walk(root) for name in files]
 
 
 def _scan(root: Path, min_depth: int, folder_depth: int) -> _Scan:
@@ -64,14 +83,11 @@ def _scan(root: Path, min_depth: int, folder_depth: int) -> _Scan:
     scan = _Scan()
     folders_with_images: set[tuple[str, ...]] = set()
     folders: list[tuple[str, ...]] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for folder, _, files in walk(root, scan.unreadable_folders):
         parts = Path(folder).relative_to(root).parts
         if 0 < len(parts) <= folder_depth:
             folders.append(parts)
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
+        for name in files:
             if is_image_file(name) and len(parts) + 1 >= min_depth:
                 scan.images.append((*parts, name))
                 folders_with_images.update(parts[:i] for i in range(1, len(parts) + 1))
@@ -102,7 +118,18 @@ def _report(scan: _Scan, root: Path, layout: str) -> dict[str, list[str]]:
             layout,
             examples(scan.ignored_files),
         )
-    return {"empty_folders": scan.empty_folders, "ignored_files": scan.ignored_files}
+    if scan.unreadable_folders:
+        log.warning(
+            "%d folder(s) under %s cannot be read (permissions?) and their photos were left out: %s",
+            len(scan.unreadable_folders),
+            root,
+            examples(scan.unreadable_folders),
+        )
+    return {
+        "empty_folders": scan.empty_folders,
+        "ignored_files": scan.ignored_files,
+        "unreadable_folders": scan.unreadable_folders,
+    }
 
 
 def read_star_tree(root: str | Path) -> pd.DataFrame:
@@ -185,14 +212,25 @@ def _line(table: pd.DataFrame, mask: pd.Series) -> int:
 
 
 def _inside_root(paths: pd.Series, root: Path, table: pd.DataFrame, csv_path: Path) -> pd.Series:
-    """Absolute, normalised paths; a path outside ``root`` (``../``, or absolute elsewhere) is an error."""
+    """Absolute, normalised paths; a path outside ``root`` (``../``, absolute elsewhere, or through a
+    symlink inside the root that points out of it) is an error."""
     resolved = paths.map(lambda p: os.path.normpath(os.path.join(root, p.strip())))
-    prefix = str(root).rstrip(os.sep) + os.sep
-    outside = ~resolved.str.startswith(prefix)
+    prefix = os.path.realpath(root).rstrip(os.sep) + os.sep
+    outside = ~resolved.map(os.path.realpath).str.startswith(prefix)
     if outside.any():
         line = _line(table, outside)
         raise UserError(f"{csv_path} line {line}: path {paths[outside].iloc[0]!r} is outside the root {root}")
     return resolved
+
+
+def _unique_paths(paths: pd.Series, table: pd.DataFrame, csv_path: Path) -> pd.Series:
+    """``paths`` unchanged; a photo listed twice (the same file on two rows) is an error naming the line."""
+    repeated = paths.duplicated()
+    if repeated.any():
+        raise UserError(
+            f"{csv_path} line {_line(table, repeated)}: path {paths[repeated].iloc[0]} listed twice"
+        )
+    return paths
 
 
 def _csv_dates(values: pd.Series, table: pd.DataFrame, csv_path: Path) -> pd.Series:
@@ -224,12 +262,7 @@ def read_star_csv(csv_path: str | Path, root: str | Path | None = None) -> pd.Da
     if table.empty:
         raise UserError(f"{csv_path} lists no photos")
     _require_values(table, ("identity", "path"), csv_path)
-    paths = _inside_root(table["path"], root, table, csv_path)
-    repeated = paths.duplicated()
-    if repeated.any():
-        raise UserError(
-            f"{csv_path} line {_line(table, repeated)}: path {paths[repeated].iloc[0]} listed twice"
-        )
+    paths = _unique_paths(_inside_root(table["path"], root, table, csv_path), table, csv_path)
 
     dates = _csv_dates(table["date"], table, csv_path) if "date" in table else pd.Series(pd.NaT, table.index)
     outing_column = next((c for c in ("outing", "folder") if c in table), None)
@@ -279,7 +312,7 @@ def read_wildlife(
     if not csv_path.is_file():
         raise UserError(f"{csv_path} not found (expected a WildlifeReID-10k folder with metadata.csv)")
     table = _read_table(csv_path)
-    _require_columns(table, ("identity", "path"), csv_path)
+    _require_columns(table, ("identity", "path", "split"), csv_path)
     _require_values(table, ("identity", "path"), csv_path)
     if "dataset" not in table:
         table["dataset"] = root.name
@@ -290,7 +323,7 @@ def read_wildlife(
     if table.empty:
         raise UserError(f"{csv_path}: no photos left after the dataset/species filters")
     df = table.copy()
-    df["path"] = _inside_root(table["path"], root, table, csv_path)
+    df["path"] = _unique_paths(_inside_root(table["path"], root, table, csv_path), table, csv_path)
     if "date" in df:
         df["date"] = pd.to_datetime(df["date"].str.strip(), errors="coerce", format="ISO8601")
     if "split" in df:
