@@ -139,7 +139,7 @@ def test_star_csv_path_escaping_root(star_tree: Path, bad_path: str) -> None:
             "identity,path,date\na,SiteA/star1/3_23_2024_dock/img0.jpg,someday",
             "line 2: cannot read date 'someday'",
         ),
-        ("identity,path,split\na,SiteA/star1/3_23_2024_dock/img0.jpg,val", "split value 'val'"),
+        ("identity,path,split\na,SiteA/star1/3_23_2024_dock/img0.jpg,holdout", "split value 'holdout'"),
         (
             "identity,path\na,SiteA/star1/3_23_2024_dock/img0.jpg\nb,SiteA/star1/3_23_2024_dock/img0.jpg",
             "twice",

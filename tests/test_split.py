@@ -189,12 +189,15 @@ def test_audit_finds_shared_outings_and_early_queries() -> None:
 
 
 def test_check_reports_a_leaky_given_split(tmp_path: Path, capsys) -> None:
-    root = make_star_tree(tmp_path, {"S": {"a": {"2024-01-01": 2, "2024-02-01": 1}}}, size=(8, 8))
+    layout = {"a": {"2024-01-01": 2, "2024-02-01": 1}, "b": {"2024-01-01": 1, "2024-02-01": 1}}
+    root = make_star_tree(tmp_path, {"S": layout}, size=(8, 8))
     (root / "m.csv").write_text(
         "identity,path,split\n"
         "a,S/a/2024-01-01/img0.jpg,gallery\n"
         "a,S/a/2024-01-01/img1.jpg,query\n"
         "a,S/a/2024-02-01/img0.jpg,gallery\n"
+        "b,S/b/2024-01-01/img0.jpg,gallery\n"
+        "b,S/b/2024-02-01/img0.jpg,query\n"
     )
     assert check_main(["--csv", str(root / "m.csv"), "--no-open"]) == 0
     out = capsys.readouterr().out

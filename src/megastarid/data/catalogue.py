@@ -2,8 +2,9 @@
 
 Columns (``CATALOGUE_COLUMNS``): ``path`` absolute file path; ``identity`` unique across data sets
 (star tree: ``"<DATASET>/<individual>"``); ``folder`` the outing folder ("" when none); ``date``
-datetime64 (NaT when unknown); ``dataset``; ``species``; ``split`` in {"train", "test", ""} where, for
-stars, train is the gallery side and test the query side. Readers may keep extra columns after these.
+datetime64 (NaT when unknown); ``dataset``; ``species``; ``split`` in {"train", "val", "test", ""} where,
+for stars, train is the gallery side, val is validation carved from it (it chooses, never trains) and test
+the query side ("" = not used). Readers may keep extra columns after these.
 
 Problems met while reading that did not stop it (empty folders, ignored files, …) travel with the
 table in ``df.attrs[READ_ISSUES]`` (kind -> list of paths) so ``data check`` can report them.
@@ -23,7 +24,15 @@ CATALOGUE_COLUMNS = ("path", "identity", "folder", "date", "dataset", "species",
 READ_ISSUES = "read_issues"
 
 #: Split names users write -> the catalogue's two values.
-SPLIT_NAMES = {"train": "train", "gallery": "train", "test": "test", "query": "test", "": ""}
+SPLIT_NAMES = {
+    "train": "train",
+    "gallery": "train",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+    "query": "test",
+    "": "",
+}
 
 
 def as_catalogue(df: pd.DataFrame, issues: dict[str, list[str]] | None = None) -> pd.DataFrame:
@@ -43,13 +52,14 @@ def as_catalogue(df: pd.DataFrame, issues: dict[str, list[str]] | None = None) -
 
 
 def normalise_split(values: pd.Series, where: str) -> pd.Series:
-    """Map train/gallery -> "train", test/query -> "test" (any case); anything else is a user error."""
+    """Map train/gallery -> "train", val/validation -> "val", test/query -> "test" (any case); anything else
+    is a user error."""
     lowered = values.fillna("").astype(str).str.strip().str.lower()
     bad = ~lowered.isin(list(SPLIT_NAMES))
     if bad.any():
         first = values[bad].iloc[0]
         raise UserError(
-            f"{where}: split value {first!r} in {int(bad.sum())} row(s); use train/gallery or test/query"
+            f"{where}: split value {first!r} in {int(bad.sum())} row(s); use train/gallery, val or test/query"
         )
     return lowered.map(SPLIT_NAMES)
 

@@ -17,10 +17,12 @@ An identity whose rows already carry a ``split`` keeps it (the CSV's split overr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
@@ -96,7 +98,8 @@ def audit_split(df: pd.DataFrame) -> SplitAudit:
     """Check a split (ours or a user's): no outing on both sides, every dated query later than the gallery."""
     sides = df[df["split"] != ""].groupby(["identity", "folder"])["split"].nunique()
     shared = [(str(identity), str(folder)) for identity, folder in sides[sides > 1].index]
-    newest_gallery = df[df["split"] == "train"].groupby("identity")["date"].max().rename("newest_gallery")
+    gallery = df["split"].isin(["train", "val"])
+    newest_gallery = df[gallery].groupby("identity")["date"].max().rename("newest_gallery")
     queries = df[df["split"] == "test"].join(newest_gallery, on="identity")
     early = queries["date"] <= queries["newest_gallery"]  # False where either date is unknown
     return SplitAudit(shared, queries.loc[early, "path"].tolist())
@@ -112,3 +115,167 @@ def _warn_leaks(given: pd.DataFrame) -> None:
             len(shared),
             *shared[0],
         )
+
+
+# ---------------------------------------------------------------- open-set protocols and validation
+
+#: --split values: the closed temporal split, and the two open-set protocols (DESIGN §3)
+PROTOCOLS = ("temporal", "time-cut", "identity-holdout")
+#: fewest identities training keeps when whole identities are held out
+MIN_TRAIN_IDENTITIES = 2
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How to split a star catalogue into train / val / test (see ``split_catalogue``)."""
+
+    protocol: str = "temporal"
+    gallery_fraction: float = 0.8
+    cut_date: pd.Timestamp | None = None  # time-cut; None = the day that puts ~20 % of photos after it
+    new_fraction: float = 0.2  # identity-holdout: share of identities moved whole to the test side
+    val_fraction: float = 0.1  # cap of validation photos, as a share of the train side's photos
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"--split must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if not 0 < self.new_fraction < 1:
+            raise UserError(f"--new-fraction must be between 0 and 1 (exclusive), got {self.new_fraction}")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}")
+
+    @property
+    def is_open(self) -> bool:
+        return self.protocol != "temporal"
+
+
+def hash_order(names: list[str] | pd.Index, seed: int) -> list[str]:
+    """``names`` in a pseudo-random order that depends only on the names and the seed (not on row order,
+    the platform or Python's hash salt), so every choice made with it is reproducible."""
+
+    def key(name: str) -> str:
+        return hashlib.sha256(f"{seed}:{name}".encode("utf-8", "surrogateescape")).hexdigest()
+
+    return sorted((str(name) for name in names), key=key)
+
+
+def outing_dates(df: pd.DataFrame) -> pd.Series:
+    """The date of each row's outing (its earliest dated photo), so a whole outing always falls on one side
+    of a cut even when its photos carry different times."""
+    return df.groupby(["identity", "folder"])["date"].transform("min")
+
+
+def default_cut_date(df: pd.DataFrame, after_fraction: float = 0.2) -> pd.Timestamp:
+    """The day that puts about ``after_fraction`` of the dated photos on or after it (the later day on a
+    tie); never the first day, which would leave no gallery."""
+    days = outing_dates(df).dropna().dt.normalize()
+    if days.nunique() < 2:
+        raise UserError(
+            "--split time-cut needs photos from at least two different dates (none to cut between)"
+        )
+    counts = days.value_counts().sort_index()
+    on_or_after = (counts[::-1].cumsum()[::-1] / len(days)).iloc[1:]
+    gaps = np.abs(on_or_after.to_numpy() - after_fraction)
+    return pd.Timestamp(on_or_after.index[len(gaps) - 1 - int(np.argmin(gaps[::-1]))])
+
+
+def time_cut_split(
+    df: pd.DataFrame, cut_date: pd.Timestamp | None = None
+) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """Everything before the cut day is train/gallery, everything on or after it is test: individuals first
+    seen after the cut are new (next season's recruits). Undated outings cannot be placed and are left out
+    (split ""), with a warning. Rows that already carry a split keep it."""
+    out = df.copy()
+    cut = pd.Timestamp(cut_date).normalize() if cut_date is not None else default_cut_date(out)
+    given = out["split"] != ""
+    dates = outing_dates(out)
+    out.loc[~given & (dates < cut), "split"] = "train"
+    out.loc[~given & (dates >= cut), "split"] = "test"
+    undated = ~given & dates.isna()
+    if undated.any():
+        log.warning(
+            "--split time-cut: %d photo(s) in %d outing(s) without a date are left out (no side of the cut)",
+            int(undated.sum()),
+            out.loc[undated, ["identity", "folder"]].drop_duplicates().shape[0],
+        )
+    if not (out["split"] == "train").any() or not (out["split"] == "test").any():
+        raise UserError(f"--cut-date {cut.date()}: one side of the cut holds no photos")
+    return out, cut
+
+
+def identity_holdout_split(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
+    """The temporal split, then ``new_fraction`` of the identities (a deterministic choice) moved whole to
+    the test side: they are new individuals for every query of theirs. For sets without usable dates."""
+    out = temporal_split(df, plan.gallery_fraction)
+    identities = hash_order(pd.unique(out["identity"]), plan.seed)
+    count = min(max(1, round(plan.new_fraction * len(identities))), len(identities) - MIN_TRAIN_IDENTITIES)
+    if count < 1:
+        raise UserError(
+            f"--split identity-holdout needs at least {MIN_TRAIN_IDENTITIES + 1} identities, "
+            f"the set has {len(identities)}"
+        )
+    out.loc[out["identity"].isin(identities[:count]), "split"] = "test"
+    return out
+
+
+def carve_validation(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
+    """Mark validation rows ("val") on the train side, respecting time (DESIGN §3).
+
+    - Known validation: per identity with at least three outings in all and two on the train side, its
+      latest train-side outing (training keeps the earlier ones; the test side stays later).
+    - Pseudo-new validation, under the open protocols only: a few whole train identities (at least two,
+      always leaving two to train on), so the new-individual threshold is fitted without the test side.
+
+    The validation photos are capped at ``val_fraction`` of the train side's photos: pseudo-new identities
+    take about half of that budget (two at least, when they fit), known outings the rest, each chosen in a
+    seeded hash order.
+    """
+    out = df.copy()
+    train = out["split"] == "train"
+    budget = math.floor(plan.val_fraction * int(train.sum()))
+    if budget == 0:
+        return out
+    photos = out[train].groupby("identity").size()
+    used = 0
+    if plan.is_open:
+        held: list[str] = []
+        for identity in hash_order(photos.index, plan.seed):
+            if len(held) >= 2 and used >= budget // 2:
+                break
+            if len(photos) - len(held) <= MIN_TRAIN_IDENTITIES:
+                break
+            if used + photos[identity] <= budget:
+                held.append(identity)
+                used += int(photos[identity])
+        out.loc[train & out["identity"].isin(held), "split"] = "val"
+        train = out["split"] == "train"
+    outings = out[out["split"] != ""].assign(day=outing_dates(out)).drop_duplicates(["identity", "folder"])
+    total = outings.groupby("identity").size()
+    side = outings[outings["split"] == "train"].sort_values(
+        ["identity", "day", "folder"], na_position="first"
+    )
+    on_train = side.groupby("identity").size()
+    eligible = [i for i in hash_order(on_train.index, plan.seed + 1) if on_train[i] >= 2 and total[i] >= 3]
+    latest = side.groupby("identity").tail(1).set_index("identity")["folder"]
+    for identity in eligible:
+        rows = train & (out["identity"] == identity) & (out["folder"] == latest[identity])
+        if used + int(rows.sum()) > budget:
+            continue
+        out.loc[rows, "split"] = "val"
+        used += int(rows.sum())
+    return out
+
+
+def split_catalogue(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
+    """The three sides of a star catalogue under ``plan``: train (and gallery), val, test. The protocol and
+    the cut date travel in ``df.attrs`` so reports and checkpoints can record them."""
+    cut = None
+    if plan.protocol == "temporal":
+        out = temporal_split(df, plan.gallery_fraction)
+    elif plan.protocol == "time-cut":
+        out, cut = time_cut_split(df, plan.cut_date)
+    else:
+        out = identity_holdout_split(df, plan)
+    out = carve_validation(out, plan)
+    out.attrs = {**df.attrs, "protocol": plan.protocol, "cut_date": None if cut is None else str(cut.date())}
+    return out
