@@ -223,11 +223,11 @@ def carve_validation(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
 
     - Known validation: per identity with at least three outings in all and two on the train side, its
       latest train-side outing (training keeps the earlier ones; the test side stays later).
-    - Pseudo-new validation, under the open protocols only: a few whole train identities (at least two,
-      always leaving two to train on), so the new-individual threshold is fitted without the test side.
+    - Pseudo-new validation, under the open protocols only: a few whole train identities (always leaving
+      two to train on), so the new-individual threshold is fitted without the test side.
 
     The validation photos are capped at ``val_fraction`` of the train side's photos: pseudo-new identities
-    take about half of that budget (two at least, when they fit), known outings the rest, each chosen in a
+    take about half of that budget (one at least, when it fits), known outings the rest, each chosen in a
     seeded hash order.
     """
     out = df.copy()
@@ -239,12 +239,11 @@ def carve_validation(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
     used = 0
     if plan.is_open:
         held: list[str] = []
+        half = budget // 2
         for identity in hash_order(photos.index, plan.seed):
-            if len(held) >= 2 and used >= budget // 2:
+            if used >= half or len(photos) - len(held) <= MIN_TRAIN_IDENTITIES:
                 break
-            if len(photos) - len(held) <= MIN_TRAIN_IDENTITIES:
-                break
-            if used + photos[identity] <= budget:
+            if used + photos[identity] <= half or (not held and photos[identity] < budget):
                 held.append(identity)
                 used += int(photos[identity])
         out.loc[train & out["identity"].isin(held), "split"] = "val"
