@@ -11,7 +11,13 @@ import pytest
 from conftest import make_star_tree
 from megastarid.core.errors import UserError
 from megastarid.data.readers import read_star_tree
-from megastarid.data.splits import SplitPlan, audit_split, default_cut_date, split_catalogue
+from megastarid.data.splits import (
+    SplitPlan,
+    audit_split,
+    carve_wildlife_validation,
+    default_cut_date,
+    split_catalogue,
+)
 
 DAYS = ["2023-04-01", "2023-06-01", "2023-08-01", "2024-04-01", "2024-06-01"]
 
@@ -100,3 +106,26 @@ def test_bad_plans_are_one_line(survey: pd.DataFrame) -> None:
         SplitPlan("identity-holdout", new_fraction=1.5)
     with pytest.raises(UserError, match="--val-fraction"):
         SplitPlan(val_fraction=-0.1)
+
+
+def test_wildlife_validation_comes_from_the_official_train_split() -> None:
+    rows = [
+        {
+            "path": f"/w/{dataset}/{i}/{j}.jpg",
+            "identity": f"{dataset}_{i}",
+            "dataset": dataset,
+            "date": pd.Timestamp("2020-01-01") + pd.Timedelta(days=j),
+            "split": "test" if j == 4 else "train",
+        }
+        for dataset, identities in (("Zebra", 10), ("Lynx", 6))
+        for i in range(identities)
+        for j in range(5 if i % 3 else 2)  # every third identity has too few photos to spare one
+    ]
+    df = pd.DataFrame(rows)
+    out = carve_wildlife_validation(df, val_fraction=0.2, seed=0)
+    val = out[out["split"] == "val"]
+    assert len(val) == 6 + 4  # 20 % of each dataset's train photos (32 and 20), one photo per identity
+    assert (df.loc[val.index, "split"] == "train").all()  # never from the official test split
+    assert (out["split"] == "test").sum() == (df["split"] == "test").sum()
+    assert val["identity"].is_unique and val["path"].str.endswith("/3.jpg").all()  # the latest train photo
+    assert carve_wildlife_validation(df, val_fraction=0.2, seed=0)["split"].equals(out["split"])

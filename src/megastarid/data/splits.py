@@ -278,3 +278,20 @@ def split_catalogue(df: pd.DataFrame, plan: SplitPlan) -> pd.DataFrame:
     out = carve_validation(out, plan)
     out.attrs = {**df.attrs, "protocol": plan.protocol, "cut_date": None if cut is None else str(cut.date())}
     return out
+
+
+def carve_wildlife_validation(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """A validation slice of WildlifeReID-10k's official train split, per source dataset: the latest train
+    photo (by date, then path) of identities with at least three train photos, in a seeded hash order,
+    until ``val_fraction`` of that dataset's train photos are taken. The official test split is untouched:
+    it is reported once, never used to choose."""
+    out = df.copy()
+    train = out[out["split"] == "train"].sort_values(["identity", "date", "path"], na_position="first")
+    chosen: list[str] = []
+    for _, rows in train.groupby("dataset", sort=True):
+        counts = rows.groupby("identity").size()
+        latest = rows.groupby("identity")["path"].last()
+        eligible = [identity for identity in hash_order(counts.index, seed) if counts[identity] >= 3]
+        chosen.extend(latest[eligible[: math.floor(val_fraction * len(rows))]])
+    out.loc[out["path"].isin(chosen), "split"] = "val"
+    return out
