@@ -122,10 +122,10 @@ def test_wildlife_validation_comes_from_the_official_train_split() -> None:
         for j in range(5 if i % 3 else 2)  # every third identity has too few photos to spare one
     ]
     df = pd.DataFrame(rows)
-    out = carve_wildlife_validation(df, val_fraction=0.2, seed=0)
+    out = carve_wildlife_validation(df, val_fraction=0.1, seed=0)
     val = out[out["split"] == "val"]
-    assert len(val) == 6 + 4  # 20 % of each dataset's train photos (32 and 20), one photo per identity
+    assert len(val) == 3 + 2  # 10 % of each dataset's train photos (32 and 20), one photo per identity
     assert (df.loc[val.index, "split"] == "train").all()  # never from the official test split
     assert (out["split"] == "test").sum() == (df["split"] == "test").sum()
     assert val["identity"].is_unique and val["path"].str.endswith("/3.jpg").all()  # the latest train photo
-    assert carve_wildlife_validation(df, val_fraction=0.2, seed=0)["split"].equals(out["split"])
+    assert carve_wildlife_validation(df, val_fraction=0.1, seed=0)["split"].equals(out["split"])
