@@ -14,12 +14,15 @@ import torch
 
 from conftest import write_image
 from megastarid.core.console import run_main
+from megastarid.core.runfiles import STAR_EMBEDDINGS_NPZ as EMBEDDINGS_NPZ
+from megastarid.core.runfiles import STAR_IDENTITY_CSV as IDENTITY_CSV
+from megastarid.core.runfiles import STAR_SUMMARY_JSON as SUMMARY_JSON
+from megastarid.core.runfiles import WILDLIFE_DATASET_CSV
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.evaluate import main
 from megastarid.evaluation.embeddings import NPZ_ARRAYS, EmbeddingSet, load_embeddings, save_embeddings
-from megastarid.evaluation.reports import EMBEDDINGS_NPZ, IDENTITY_CSV, SUMMARY_JSON
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
-from megastarid.evaluation.wildlife import WILDLIFE_DATASET_CSV, evaluate_wildlife
+from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.training.models import build_model, save_checkpoint
 
 REPORTS = {

@@ -10,15 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from megastarid.core.runfiles import CMC_PNG, FOLDER_PNG
+from megastarid.core.runfiles import STAR_FOLDER_CSV as FOLDER_CSV
+from megastarid.core.runfiles import STAR_IDENTITY_CSV as IDENTITY_CSV
+from megastarid.core.runfiles import STAR_QUERY_CSV as QUERY_CSV
+from megastarid.core.runfiles import STAR_SUMMARY_JSON as SUMMARY_JSON
 from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.metrics import QueryResults, rank_queries
 from megastarid.evaluation.reports import (
-    CMC_PNG,
-    FOLDER_CSV,
-    FOLDER_PNG,
-    IDENTITY_CSV,
-    QUERY_CSV,
-    SUMMARY_JSON,
     folder_table,
     identity_table,
     query_table,

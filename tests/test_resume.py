@@ -15,9 +15,9 @@ import pytest
 from torch.utils.data import Dataset
 
 from megastarid.data.synth import generate_stars
-from megastarid.training.strategies import finetune_task
 from megastarid.training.config import FinetuneConfig
 from megastarid.training.models import load_checkpoint
+from megastarid.training.strategies import finetune_task
 from megastarid.training.trainer import INTERRUPTED, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from megastarid.core.errors import UserError
+from megastarid.core.files import atomic_write
 from megastarid.data.images import BadImageError, is_image_file, load_rgb
 from megastarid.data.readers import list_files, require_dir
 
@@ -116,12 +117,9 @@ def _is_larger(path: Path, size: int) -> bool:
 
 
 def _atomic(out: Path, write: Callable[[Path], object]) -> None:
-    """Write through a hidden temporary file and rename, so a half-written file never looks done."""
+    """Write atomically, so a half-written file never looks done; a write error names the file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
     try:
-        write(tmp)
-        os.replace(tmp, out)
+        atomic_write(out, write)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {out}: {err.strerror or err}") from err

@@ -6,7 +6,6 @@ everything a hand-edited or truncated file can get wrong and says what, in one l
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from megastarid.core.errors import UserError
+from megastarid.core.files import atomic_write
 
 _SIDES = ("query", "gallery")
 _LABELS = ("identities", "paths", "folders")
@@ -53,11 +53,12 @@ def save_embeddings(path: Path, embeddings: EmbeddingSet) -> Path:
     """Write the arrays atomically (temp file + rename) as an uncompressed ``.npz``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        np.savez(handle, **{name: getattr(embeddings, name) for name in NPZ_ARRAYS})
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a file, not a name: np.savez would append ".npz" to the name
+            np.savez(handle, **{name: getattr(embeddings, name) for name in NPZ_ARRAYS})
+
+    return atomic_write(path, write)
 
 
 def load_embeddings(path: Path) -> EmbeddingSet:

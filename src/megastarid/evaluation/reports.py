@@ -7,10 +7,9 @@ skipped queries are counted in the summary. ``std_rank`` is the population stand
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pandas.api.typing import DataFrameGroupBy
 
+from megastarid.core.files import atomic_write, atomic_write_text, write_json
+from megastarid.core.runfiles import (
+    CMC_PNG,
+    FOLDER_PNG,
+    STAR_FOLDER_CSV,
+    STAR_IDENTITY_CSV,
+    STAR_QUERY_CSV,
+    STAR_SUMMARY_JSON,
+)
 from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.metrics import QueryResults, cmc, mean_ap
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20)
 #: The CMC curve always spans at least ranks 1..20.
 CMC_CURVE_MAX_K = 20
-
-QUERY_CSV = "star_query_metrics.csv"
-IDENTITY_CSV = "star_identity_metrics.csv"
-FOLDER_CSV = "star_folder_metrics.csv"
-SUMMARY_JSON = "star_evaluation_summary.json"
-EMBEDDINGS_NPZ = "star_embeddings.npz"
-CMC_PNG = "cmc_curve.png"
-FOLDER_PNG = "folder_metrics.png"
 
 
 def cmc_column(k: int) -> str:
@@ -158,13 +158,9 @@ def _save_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write through a hidden temp file and rename, so readers never see half a report."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+def write_csv(path: Path, table: pd.DataFrame) -> Path:
+    """A report table, atomically, without the index."""
+    return atomic_write_text(path, table.to_csv(index=False))
 
 
 def write_reports(
@@ -174,12 +170,11 @@ def write_reports(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folders = folder_table(queries, ks)
-    summary_text = json.dumps(summary_dict, indent=2, default=str) + "\n"
     written = [
-        atomic_write(out_dir / QUERY_CSV, lambda p: queries.to_csv(p, index=False)),
-        atomic_write(out_dir / IDENTITY_CSV, lambda p: identity_table(queries, ks).to_csv(p, index=False)),
-        atomic_write(out_dir / FOLDER_CSV, lambda p: folders.to_csv(p, index=False)),
-        atomic_write(out_dir / SUMMARY_JSON, lambda p: p.write_text(summary_text)),
+        write_csv(out_dir / STAR_QUERY_CSV, queries),
+        write_csv(out_dir / STAR_IDENTITY_CSV, identity_table(queries, ks)),
+        write_csv(out_dir / STAR_FOLDER_CSV, folders),
+        write_json(out_dir / STAR_SUMMARY_JSON, summary_dict, default=str),
         plot_cmc(results, out_dir / CMC_PNG, max(CMC_CURVE_MAX_K, *ks)),
         plot_folders(folders, out_dir / FOLDER_PNG),
     ]

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from megastarid.core.errors import UserError
+from megastarid.core.runfiles import STAR_EMBEDDINGS_NPZ
 from megastarid.data.catalogue import examples
 from megastarid.evaluation.embed import embed_images
 from megastarid.evaluation.embeddings import EmbeddingSet, save_embeddings
 from megastarid.evaluation.metrics import QueryResults, rank_queries, rank_score_matrix
 from megastarid.evaluation.reports import (
     DEFAULT_KS,
-    EMBEDDINGS_NPZ,
     cmc_column,
     query_table,
     summary,
@@ -176,7 +176,7 @@ def evaluate_star(
     )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_embeddings(Path(out_dir) / EMBEDDINGS_NPZ, embeddings)
+        save_embeddings(Path(out_dir) / STAR_EMBEDDINGS_NPZ, embeddings)
     return evaluate_embeddings(
         embeddings,
         out_dir,

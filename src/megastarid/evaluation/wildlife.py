@@ -7,7 +7,6 @@ confusion with another dataset's animal counts against it (identities are datase
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,22 +17,21 @@ import pandas as pd
 import torch
 from torch import nn
 
+from megastarid.core.files import write_json
+from megastarid.core.runfiles import WILDLIFE_DATASET_CSV, WILDLIFE_SUMMARY_JSON
 from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.metrics import rank_queries
 from megastarid.evaluation.reports import (
     DEFAULT_KS,
-    atomic_write,
     cmc_column,
     query_table,
     rank_stats,
     summary,
+    write_csv,
 )
 from megastarid.evaluation.star import embed_catalogue
 
 log = logging.getLogger(__name__)
-
-WILDLIFE_SUMMARY_JSON = "wildlife_evaluation_summary.json"
-WILDLIFE_DATASET_CSV = "wildlife_dataset_metrics.csv"
 
 
 def dataset_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.DataFrame:
@@ -88,9 +86,8 @@ def evaluate_wildlife_embeddings(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(result, indent=2, default=str) + "\n"
-        atomic_write(out_dir / WILDLIFE_SUMMARY_JSON, lambda p: p.write_text(text))
-        atomic_write(out_dir / WILDLIFE_DATASET_CSV, lambda p: table.to_csv(p, index=False))
+        write_json(out_dir / WILDLIFE_SUMMARY_JSON, result, default=str)
+        write_csv(out_dir / WILDLIFE_DATASET_CSV, table)
     log.info(
         "wildlife evaluation: mAP %s, CMC@1 %s over %d scored queries in %d datasets",
         result["mAP"],

@@ -17,6 +17,14 @@ from pathlib import Path
 
 import yaml
 
+from megastarid.core.runfiles import (
+    BEST_CHECKPOINT,
+    CONFIG_YAML,
+    LAST_CHECKPOINT,
+    RUN_SUMMARY_JSON,
+    STAR_SUMMARY_JSON,
+)
+
 #: strategy -> training phases in order (each phase is ``python -m megastarid.<phase>``)
 STRATEGIES: dict[str, tuple[str, ...]] = {
     "pretrain_finetune": ("pretrain", "finetune"),
@@ -48,12 +56,6 @@ GRID_CONTROLLED = {
     "--circle-weight": "--losses",
     "--triplet-weight": "--losses",
 }
-RUN_SUMMARY = "run_summary.json"
-STAR_SUMMARY = "star_evaluation_summary.json"
-LAST_CHECKPOINT = "last.pth"
-BEST_CHECKPOINT = "best.pth"
-#: written by the grid into an experiment folder when one of its phases fails
-STATUS_FILE = "grid_status.json"
 
 
 class PhaseState(Enum):
@@ -148,9 +150,9 @@ def read_json(path: Path) -> dict | None:
 
 def phase_state(phase: str, run_dir: Path) -> PhaseState:
     """Finished = ``run_summary.json`` says so (and the star evaluation exists where the phase makes one)."""
-    summary = read_json(run_dir / RUN_SUMMARY)
+    summary = read_json(run_dir / RUN_SUMMARY_JSON)
     finished = summary is not None and summary.get("status") == "finished"
-    if finished and (phase not in STAR_EVAL_PHASES or (run_dir / STAR_SUMMARY).is_file()):
+    if finished and (phase not in STAR_EVAL_PHASES or (run_dir / STAR_SUMMARY_JSON).is_file()):
         return PhaseState.FINISHED
     if (run_dir / LAST_CHECKPOINT).is_file():
         return PhaseState.RESUME
@@ -209,7 +211,7 @@ def epoch_mismatches(experiments: Sequence[Experiment]) -> list[str]:
             if phase.state() is not PhaseState.FINISHED:
                 continue
             try:
-                saved = yaml.safe_load((phase.run_dir / "config.yaml").read_text(encoding="utf-8"))
+                saved = yaml.safe_load((phase.run_dir / CONFIG_YAML).read_text(encoding="utf-8"))
             except (OSError, yaml.YAMLError):
                 continue
             epochs = saved.get("epochs") if isinstance(saved, dict) else None

@@ -16,15 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from megastarid.experiments.plan import (
-    RUN_SUMMARY,
-    STAR_SUMMARY,
-    STATUS_FILE,
-    Experiment,
-    PhaseState,
-    plural,
-    read_json,
-)
+from megastarid.core.files import atomic_write, atomic_write_text
+from megastarid.core.runfiles import GRID_STATUS_JSON, RUN_SUMMARY_JSON, STAR_SUMMARY_JSON
+from megastarid.experiments.plan import Experiment, PhaseState, plural, read_json
 
 METRICS = ("mAP", "CMC@1", "CMC@5", "CMC@10", "CMC@20")
 RESULT_COLUMNS = (
@@ -46,7 +40,7 @@ RESULTS_PNG = "grid_results.png"
 
 def star_metrics(run_dir: Path) -> dict[str, float]:
     """The star evaluation numbers of a run folder (NaN for any the evaluation did not report)."""
-    summary = read_json(run_dir / STAR_SUMMARY) or {}
+    summary = read_json(run_dir / STAR_SUMMARY_JSON) or {}
     return {name: _as_float(summary.get(name)) for name in METRICS}
 
 
@@ -67,7 +61,7 @@ def _status(experiment: Experiment) -> tuple[str, str]:
     states = [phase.state() for phase in experiment.phases]
     if all(state is PhaseState.FINISHED for state in states):
         return "finished", ""
-    failure = read_json(experiment.out_dir / STATUS_FILE)
+    failure = read_json(experiment.out_dir / GRID_STATUS_JSON)
     if failure and failure.get("status") == "failed":
         lines = [line for line in str(failure.get("error", "")).splitlines() if line.strip()]
         phase = failure.get("phase") or "grid"
@@ -85,7 +79,7 @@ def experiment_row(experiment: Experiment) -> dict[str, object]:
     row |= {"seed": experiment.seed, "status": status}
     finished = status == "finished"
     row.update(star_metrics(final) if finished else dict.fromkeys(METRICS, math.nan))
-    summaries = [read_json(phase.run_dir / RUN_SUMMARY) or {} for phase in experiment.phases]
+    summaries = [read_json(phase.run_dir / RUN_SUMMARY_JSON) or {} for phase in experiment.phases]
     best_epoch = summaries[-1].get("best_epoch") if finished else None
     row["best_epoch"] = int(best_epoch) if isinstance(best_epoch, int | float) else pd.NA
     row["wall_time_s"] = (
@@ -205,14 +199,14 @@ def plot_results(results: pd.DataFrame, path: Path) -> None:
     handles = [Patch(color=colour, label=loss) for loss, colour in colours.items()]
     figure.legend(handles=handles, loc="outside right upper", title="loss")
     figure.suptitle("Grid search: star query metrics per experiment")
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
 
 
 def write_results(experiments: Sequence[Experiment], output_dir: Path) -> pd.DataFrame:
     """Write the three result files into ``output_dir`` and return the results table."""
     output_dir.mkdir(parents=True, exist_ok=True)
     results = collect_results(experiments)
-    results.to_csv(output_dir / RESULTS_CSV, index=False)
-    (output_dir / SUMMARY_MD).write_text(summary_markdown(results, output_dir), encoding="utf-8")
+    atomic_write_text(output_dir / RESULTS_CSV, results.to_csv(index=False))
+    atomic_write_text(output_dir / SUMMARY_MD, summary_markdown(results, output_dir))
     plot_results(results, output_dir / RESULTS_PNG)
     return results

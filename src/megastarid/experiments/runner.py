@@ -8,7 +8,6 @@ saves ``last.pth``) and wait for it, so the same command resumes later.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shlex
 import signal
@@ -21,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from megastarid.experiments.plan import STATUS_FILE, Experiment, Phase, PhaseState
+from megastarid.core.files import write_json
+from megastarid.core.runfiles import GRID_LOG_DIR, GRID_STATUS_JSON
+from megastarid.experiments.plan import Experiment, Phase, PhaseState
 from megastarid.experiments.results import format_metrics, star_metrics
 
 log = logging.getLogger(__name__)
 
-LOG_DIR = "logs"
 ERROR_LINES = 5
 
 
@@ -79,10 +79,7 @@ def log_tail(text: str, lines: int = ERROR_LINES) -> str:
 
 
 def write_status(experiment: Experiment, **fields: object) -> None:
-    path = experiment.out_dir / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(experiment.out_dir / GRID_STATUS_JSON, fields)
 
 
 def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processes) -> tuple[int, str]:
@@ -103,13 +100,13 @@ def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processe
 def run_experiment(experiment: Experiment, gpu: int | None, label: str, processes: Processes) -> Outcome:
     """Run the experiment's unfinished phases in order; the first failure ends it and is recorded."""
     experiment.out_dir.mkdir(parents=True, exist_ok=True)
-    (experiment.out_dir / STATUS_FILE).unlink(missing_ok=True)
+    (experiment.out_dir / GRID_STATUS_JSON).unlink(missing_ok=True)
     started = time.monotonic()
     for phase in experiment.phases:
         state = phase.state()
         if state is PhaseState.FINISHED:
             continue
-        log_path = experiment.out_dir / LOG_DIR / f"{phase.name}.log"
+        log_path = experiment.out_dir / GRID_LOG_DIR / f"{phase.name}.log"
         log.info("%s   %s: %s, %d epochs (log %s)", label, phase.name, state.value, phase.epochs, log_path)
         try:
             code, tail = run_phase(phase, gpu, log_path, processes)

@@ -9,7 +9,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-LOSS_COLUMNS = ("loss", "circle_loss", "triplet_loss")
+from megastarid.core.files import atomic_write
+from megastarid.core.runfiles import LOSS_KEYS
 
 
 def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric_prefix: str) -> Path:
@@ -17,7 +18,7 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric_prefix: 
     matplotlib.use("Agg")  # files only, never a window
     history = pd.DataFrame(rows)
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for column in LOSS_COLUMNS:
+    for column in LOSS_KEYS:
         if column in history and history[column].notna().any():
             part = history.dropna(subset=[column])
             loss_ax.plot(part["epoch"], part[column], marker=".", label=column)
@@ -35,6 +36,6 @@ def plot_training_curves(rows: list[dict[str, Any]], path: Path, metric_prefix: 
             ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path

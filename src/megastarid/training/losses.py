@@ -12,6 +12,8 @@ from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch import nn
 
+from megastarid.core.runfiles import CIRCLE_LOSS, TRIPLET_LOSS
+
 
 class ReIDLoss(nn.Module):
     """Weighted circle + triplet loss; a loss whose weight is 0 is not built and never computed.
@@ -52,10 +54,10 @@ class ReIDLoss(nn.Module):
         if self.circle is not None:
             circle = self.circle(embeddings, labels)
             total = total + self.circle_weight * circle
-            parts["circle_loss"] = circle.detach()
+            parts[CIRCLE_LOSS] = circle.detach()
         if self.triplet is not None and self.miner is not None:
             triplets = self.miner(embeddings, labels)
             triplet = self.triplet(embeddings, labels, triplets)
             total = total + self.triplet_weight * triplet
-            parts["triplet_loss"] = triplet.detach()
+            parts[TRIPLET_LOSS] = triplet.detach()
         return total, parts

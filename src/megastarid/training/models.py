@@ -7,9 +7,7 @@ a checkpoint file can never run code.
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from megastarid.core.errors import UserError
+from megastarid.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 HUB_HOST = ("huggingface.co", 443)
+#: the timm backbone a run uses unless told otherwise
+DEFAULT_BACKBONE = "convnext_tiny"
 
 
 class EmbeddingModel(nn.Module):
@@ -71,7 +72,7 @@ def _offline_hint(backbone: str) -> str:
 
 
 def build_model(
-    backbone: str = "convnext_tiny",
+    backbone: str = DEFAULT_BACKBONE,
     embedding_dim: int = 512,
     pretrained: bool = False,
     backbone_weights: str | Path | None = None,
@@ -118,24 +119,15 @@ def build_model(
     return EmbeddingModel(net, feature_dim, embedding_dim)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], **state: Any) -> None:
     """Write ``{"model", "config", **state}`` atomically (temp file + rename): no half-written file.
 
     ``config`` must hold plain types (``TrainConfig.to_dict()``); ``state`` may add epoch, optimizer, RNG ...
     """
-    _atomic_torch_save({"model": model.state_dict(), "config": config, **state}, Path(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"model": model.state_dict(), "config": config, **state}
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

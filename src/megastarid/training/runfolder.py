@@ -1,29 +1,37 @@
-"""The run folder: never clobber a run silently, clear it on ``--overwrite``, write small files atomically."""
+"""The run folder: never clobber a run silently, clear it on ``--overwrite``; its history table."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from megastarid.core.errors import UserError
+from megastarid.core.files import atomic_write_text
+from megastarid.core.runfiles import (
+    BAD_IMAGES_TXT,
+    BEST_CHECKPOINT,
+    CONFIG_YAML,
+    HISTORY_CSV,
+    LAST_CHECKPOINT,
+    LOSS_KEYS,
+    RUN_SUMMARY_JSON,
+    STAR_PREFIX,
+    TENSORBOARD_DIR,
+    TRAINING_CURVES_PNG,
+)
 
 #: files whose presence means the folder already holds a run
-RUN_MARKERS = ("config.yaml", "last.pth", "best.pth", "history.csv")
+RUN_MARKERS = (CONFIG_YAML, LAST_CHECKPOINT, BEST_CHECKPOINT, HISTORY_CSV)
 #: everything a run writes (star_* reports are matched by prefix)
-RUN_FILES = (*RUN_MARKERS, "run_summary.json", "bad_images.txt", "training_curves.png")
-RUN_DIRS = ("tensorboard",)
+RUN_FILES = (*RUN_MARKERS, RUN_SUMMARY_JSON, BAD_IMAGES_TXT, TRAINING_CURVES_PNG)
+RUN_DIRS = (TENSORBOARD_DIR,)
 #: the leading history.csv columns (the metrics follow)
 HISTORY_COLUMNS = (
     "epoch",
-    "loss",
-    "circle_loss",
-    "triplet_loss",
+    *LOSS_KEYS,
     "lr",
     "backbone_lr",
     "images_per_s",
@@ -35,9 +43,9 @@ HISTORY_COLUMNS = (
 def check_run_folder(path: Path, resume: bool, overwrite: bool) -> None:
     """Read-only check, done before any work: a run is only replaced or continued when the user says so."""
     if resume:
-        if not (path / "last.pth").is_file():
+        if not (path / LAST_CHECKPOINT).is_file():
             raise UserError(
-                f"--resume: {path / 'last.pth'} does not exist (nothing to resume in --output-dir)"
+                f"--resume: {path / LAST_CHECKPOINT} does not exist (nothing to resume in --output-dir)"
             )
         return
     if path.exists() and not path.is_dir():
@@ -55,22 +63,10 @@ def prepare_run_folder(path: Path, overwrite: bool) -> None:
     if not overwrite:
         return
     for child in path.iterdir():
-        if child.is_file() and (child.name in RUN_FILES or child.name.startswith("star_")):
+        if child.is_file() and (child.name in RUN_FILES or child.name.startswith(STAR_PREFIX)):
             child.unlink()
         elif child.is_dir() and child.name in RUN_DIRS:
             shutil.rmtree(child)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -79,7 +75,3 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     first = [c for c in HISTORY_COLUMNS if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
     atomic_write_text(path, table.to_csv(index=False))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

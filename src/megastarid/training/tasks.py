@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from megastarid.core.errors import UserError
+from megastarid.core.runfiles import BEST_CHECKPOINT
 from megastarid.data.catalogue import identity_codes
 from megastarid.data.datasets import ImageDataset
 from megastarid.data.samplers import PKBatchSampler
@@ -27,11 +28,15 @@ from megastarid.data.transforms import build_star_train_transform, build_wildlif
 from megastarid.evaluation.star import evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOptions
-from megastarid.training.models import EmbeddingModel, build_model, load_checkpoint, model_from_checkpoint
+from megastarid.training.models import (
+    DEFAULT_BACKBONE,
+    EmbeddingModel,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKBONE = "convnext_tiny"
 
 
 @dataclasses.dataclass
@@ -188,7 +193,7 @@ def wildlife_report(
             cfg.image_size,
             device,
             out_dir=out_dir,
-            checkpoint=out_dir / "best.pth",
+            checkpoint=out_dir / BEST_CHECKPOINT,
             options=cfg.to_dict(),
             batch_size=cfg.eval_batch_size,
             num_workers=cfg.workers,
@@ -207,7 +212,7 @@ def star_report(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Modul
             out_dir,
             cfg.image_size,
             device,
-            checkpoint=out_dir / "best.pth",
+            checkpoint=out_dir / BEST_CHECKPOINT,
             options=cfg.to_dict(),
             batch_size=cfg.eval_batch_size,
             num_workers=cfg.workers,

@@ -33,6 +33,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from megastarid.core.errors import UserError
+from megastarid.core.files import append_text, read_text, write_json
+from megastarid.core.runfiles import (
+    BAD_IMAGES_TXT,
+    BEST_CHECKPOINT,
+    CONFIG_YAML,
+    HISTORY_CSV,
+    LAST_CHECKPOINT,
+    LOSS,
+    LOSS_KEYS,
+    RUN_SUMMARY_JSON,
+    TENSORBOARD_DIR,
+    TRAINING_CURVES_PNG,
+)
 from megastarid.data.datasets import collate_skip_bad
 from megastarid.training.config import TrainConfig, parse_gpus, save_config
 from megastarid.training.curves import plot_training_curves
@@ -43,12 +56,11 @@ from megastarid.training.models import (
     load_model_from_checkpoint,
     save_checkpoint,
 )
-from megastarid.training.runfolder import check_run_folder, prepare_run_folder, write_history, write_json
+from megastarid.training.runfolder import check_run_folder, prepare_run_folder, write_history
 
 log = logging.getLogger(__name__)
 
-LOSS_NAMES = ("loss", "circle_loss", "triplet_loss")
-_SHOWN = ("loss", "images_per_s")  # history fields echoed in the log line of each epoch
+_SHOWN = (LOSS, "images_per_s")  # history fields echoed in the log line of each epoch
 LOG_EVERY = 50  # steps between TensorBoard step-loss points (each one syncs with the device)
 INTERRUPTED = 130
 
@@ -169,8 +181,8 @@ class Trainer:
         return self.model.module
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """One optimisation step; returns the detached ``[loss, circle, triplet]``, or None when the loss was
-        NaN/inf (then nothing is updated)."""
+        """One optimisation step; returns the detached losses in ``LOSS_KEYS`` order (NaN for a term the
+        objective does not compute), or None when the loss was NaN/inf (then nothing is updated)."""
         images, labels = self.fabric.to_device(images), self.fabric.to_device(labels)
         if self.on_gpu:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -188,7 +200,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         nan = loss.new_tensor(math.nan)
-        return torch.stack([loss.detach(), parts.get("circle_loss", nan), parts.get("triplet_loss", nan)])
+        return torch.stack([loss.detach(), *(parts.get(key, nan) for key in LOSS_KEYS[1:])])
 
     def lrs(self) -> dict[str, float]:
         lrs = {
@@ -293,7 +305,7 @@ class _Run:
         self.started = time.perf_counter()
         if self.rank0:
             prepare_run_folder(self.dir, cfg.overwrite)
-            save_config(cfg, self.dir / "config.yaml")
+            save_config(cfg, self.dir / CONFIG_YAML)
         fabric.barrier()
         self.sampler = task.make_sampler(fabric.global_rank, fabric.world_size)
         self.batches = _ResumableBatches(self.sampler)
@@ -301,7 +313,7 @@ class _Run:
         self.state = RunState()
         self.rng: torch.Tensor | None = None
         if cfg.resume:
-            self._restore(load_checkpoint(self.dir / "last.pth"))
+            self._restore(load_checkpoint(self.dir / LAST_CHECKPOINT))
         self.loader = DataLoader(
             task.dataset,
             batch_sampler=self.batches,
@@ -315,7 +327,7 @@ class _Run:
         if self.rank0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.dir / "tensorboard"))
+            self.writer = SummaryWriter(str(self.dir / TENSORBOARD_DIR))
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -328,7 +340,7 @@ class _Run:
             self.rng = rng[self.fabric.global_rank]
         log.info(
             "resuming %s at epoch %d%s",
-            self.dir / "last.pth",
+            self.dir / LAST_CHECKPOINT,
             self.state.epoch + 1,
             f", batch {self.state.step + 1}" if self.state.step else "",
         )
@@ -438,7 +450,7 @@ class _Run:
         steps, images, bad_images, skipped = totals[3:7]
         self.state.skipped_steps += int(skipped)
         means = [value / max(steps, 1) for value in totals[:3]] if steps else [math.nan] * 3
-        stats = {name: mean for name, mean in zip(LOSS_NAMES, means, strict=True) if not math.isnan(mean)}
+        stats = {name: mean for name, mean in zip(LOSS_KEYS, means, strict=True) if not math.isnan(mean)}
         stats.update(self.trainer.lrs())
         stats.update(images_per_s=images / max(elapsed, 1e-9), bad_images=bad_images, skipped_steps=skipped)
         return stats
@@ -447,8 +459,7 @@ class _Run:
         new = [i for i in bad if i not in self.bad_seen]
         self.bad_seen.update(new)
         if new:
-            with (self.dir / "bad_images.txt").open("a", encoding="utf-8") as handle:
-                handle.writelines(f"{self.task.paths[i]}\n" for i in new)
+            append_text(self.dir / BAD_IMAGES_TXT, "".join(f"{self.task.paths[i]}\n" for i in new))
             log.warning(
                 "skipped %d unreadable image(s), e.g. %s (see bad_images.txt)",
                 len(new),
@@ -464,13 +475,14 @@ class _Run:
         self.state.step = step
         self.state.partial = [*sums.tolist(), *counts.tolist(), elapsed]
         self.state.wall_time_s += time.perf_counter() - self.started
-        self._save("last.pth", rng=rng)
+        self._save(LAST_CHECKPOINT, rng=rng)
         self.fabric.barrier()
 
     def _interrupted(self) -> int:
         if self.rank0:
+            last = self.dir / LAST_CHECKPOINT
             print(
-                f"megastarid: interrupted in epoch {self.state.epoch + 1}; saved {self.dir / 'last.pth'}.\n"
+                f"megastarid: interrupted in epoch {self.state.epoch + 1}; saved {last}.\n"
                 f"  resume with: python -m megastarid.{self.task.name} --output-dir {self.dir} --resume",
                 flush=True,
             )
@@ -496,7 +508,7 @@ class _Run:
         score = metrics.get(self.task.metric)
         if score is not None and score > state.best_metric:
             state.best_metric, state.best_epoch = float(score), epoch
-            self._save("best.pth")
+            self._save(BEST_CHECKPOINT)
         if cfg.patience and score is not None and epoch - state.best_epoch >= cfg.patience:
             state.stopped_early = True
             log.info(
@@ -508,9 +520,9 @@ class _Run:
             )
         state.wall_time_s += time.perf_counter() - self.started
         self.started = time.perf_counter()
-        self._save("last.pth")
+        self._save(LAST_CHECKPOINT)
         if self.rank0:
-            write_history(self.dir / "history.csv", state.history)
+            write_history(self.dir / HISTORY_CSV, state.history)
             assert self.writer is not None
             for key, value in state.history[-1].items():
                 if key != "epoch":
@@ -526,15 +538,15 @@ class _Run:
         if self.rank0:
             state = self.state
             prefix = self.task.metric.removesuffix("mAP")
-            plot_training_curves(state.history, self.dir / "training_curves.png", prefix)
+            plot_training_curves(state.history, self.dir / TRAINING_CURVES_PNG, prefix)
             if self.task.final_report is not None:
-                model, _ = load_model_from_checkpoint(self.dir / "best.pth", self.fabric.device)
+                model, _ = load_model_from_checkpoint(self.dir / BEST_CHECKPOINT, self.fabric.device)
                 with torch.no_grad():
                     self.task.final_report(model, self.fabric.device, self.dir)
-            bad_file = self.dir / "bad_images.txt"
-            bad = len(set(bad_file.read_text(encoding="utf-8").splitlines())) if bad_file.exists() else 0
+            bad_file = self.dir / BAD_IMAGES_TXT
+            bad = len(set(read_text(bad_file).splitlines())) if bad_file.exists() else 0
             write_json(
-                self.dir / "run_summary.json",
+                self.dir / RUN_SUMMARY_JSON,
                 {
                     "status": "finished",
                     "best_epoch": state.best_epoch,
