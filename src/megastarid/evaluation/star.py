@@ -78,6 +78,16 @@ def embed_catalogue(
     return embeddings, kept_queries, both["path"].to_numpy()[~readable].tolist()
 
 
+def embedding_facts(tta: bool, image_size: int, unreadable: Sequence[str]) -> dict[str, object]:
+    """The summary keys that say how a catalogue was embedded (for star and wildlife summaries alike)."""
+    return {
+        "tta": tta,
+        "image_size": image_size,
+        "num_unreadable_images": len(unreadable),
+        "unreadable_images": unreadable,
+    }
+
+
 def rank_embeddings(
     embeddings: EmbeddingSet, device: torch.device | str | None = None, rerank: bool = False
 ) -> QueryResults:
@@ -185,8 +195,5 @@ def evaluate_star(
         options,
         rerank,
         device,
-        tta=tta,
-        image_size=image_size,
-        num_unreadable_images=len(unreadable),
-        unreadable_images=unreadable,
+        **embedding_facts(tta, image_size, unreadable),
     )

@@ -20,7 +20,6 @@ from torch import nn
 from megastarid.core.files import write_json
 from megastarid.core.runfiles import WILDLIFE_DATASET_CSV, WILDLIFE_SUMMARY_JSON
 from megastarid.evaluation.embeddings import EmbeddingSet
-from megastarid.evaluation.metrics import rank_queries
 from megastarid.evaluation.reports import (
     DEFAULT_KS,
     cmc_column,
@@ -29,7 +28,7 @@ from megastarid.evaluation.reports import (
     summary,
     write_csv,
 )
-from megastarid.evaluation.star import embed_catalogue
+from megastarid.evaluation.star import embed_catalogue, embedding_facts, rank_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +58,7 @@ def evaluate_wildlife_embeddings(
 ) -> dict:
     """Overall summary plus ``"per_dataset"`` (dataset -> its metrics); written to ``out_dir`` if given."""
     ks = sorted({int(k) for k in ks})
-    results = rank_queries(
-        embeddings.query_embeddings,
-        embeddings.query_identities,
-        embeddings.gallery_embeddings,
-        embeddings.gallery_identities,
-        device=device,
-    )
+    results = rank_embeddings(embeddings, device)
     queries = query_table(embeddings, results)
     queries["dataset"] = np.asarray(query_datasets, dtype=str)
     table = dataset_table(queries, ks)
@@ -132,8 +125,5 @@ def evaluate_wildlife(
         checkpoint,
         options,
         device,
-        tta=tta,
-        image_size=image_size,
-        num_unreadable_images=len(unreadable),
-        unreadable_images=unreadable,
+        **embedding_facts(tta, image_size, unreadable),
     )
