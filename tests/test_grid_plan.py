@@ -151,8 +151,8 @@ def test_longest_experiments_are_balanced_over_slots(tmp_path):
         (["--", "--epoch=3"], "options after --: --epochs is set by the grid"),
         (["--finetune-args=--checkpoint x.pth"], "--finetune-args: --checkpoint is set by the grid"),
         (["--cotrain-args", "--star-batch-ratio 'x"], "--cotrain-args: cannot split"),
-        (["--", "--no-such-option"], "options for the pretrain phase: unrecognized arguments: --no-such"),
-        (["--cotrain-args=--star-batch-ratio x"], "options for the cotrain phase: argument --star-batch"),
+        (["--", "--no-such-option"], "options for the pretrain phase: unrecognized options: --no-such"),
+        (["--cotrain-args=--star-batch-ratio x"], "options for the cotrain phase: --star-batch-ratio: could"),
     ],
 )
 def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):

@@ -76,7 +76,7 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_device_options_without_cuda(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--gpus 0,1: no CUDA GPU"):
-        fabric_options(FinetuneConfig(gpus="0,1"))
+        fabric_options(FinetuneConfig(gpus=(0, 1)))
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         fabric_options(FinetuneConfig(precision="fp16"))
     assert fabric_options(FinetuneConfig()) == {

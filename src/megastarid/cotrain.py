@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 
 from megastarid.core.console import run_main
-from megastarid.training.config import CotrainConfig, parse_config
+from megastarid.training.config import CotrainConfig, parse_train_config
 from megastarid.training.strategies import run_cotrain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(CotrainConfig, argv, "megastarid cotrain", __doc__.splitlines()[0])
+    cfg = parse_train_config(CotrainConfig, argv, "megastarid cotrain", __doc__.splitlines()[0])
     return run_cotrain(cfg)
 
 

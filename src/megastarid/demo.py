@@ -7,29 +7,57 @@ are chosen so that it runs in about five minutes on two CPU cores and visibly le
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from megastarid.core.console import run_main
-from megastarid.training.config import FinetuneConfig, PretrainConfig, parse_config
+from megastarid.core.errors import UserError
+from megastarid.core.options import flag, parse_options
+from megastarid.training.config import FinetuneConfig, PretrainConfig, TrainConfig
 from megastarid.training.strategies import run_finetune, run_pretrain
 
 log = logging.getLogger(__name__)
 
 #: fixed options of both phases: no download, a fresh run folder each time
-FIXED = ("--no-pretrained", "--overwrite", "--num-instances", "4", "--warmup-epochs", "1")
+FIXED: dict[str, Any] = {"pretrained": False, "overwrite": True, "num_instances": 4, "warmup_epochs": 1}
 
 
-def _phase(name: str, config: type, run: object, argv: list[str]) -> None:
-    log.info("demo: %s %s", name, " ".join(argv))
-    code = run(parse_config(config, argv, f"megastarid {name}", ""))  # type: ignore[operator]
+@dataclass
+class DemoOptions:
+    """Where the demo writes and the few knobs worth turning."""
+
+    output_dir: Path = Path("runs/demo")
+    """where both runs go (pretrain/, finetune/, demo_summary.json)"""
+    backbone: str = "resnet18"
+    """timm backbone"""
+    image_size: int = 64
+    """training image size in pixels"""
+    pretrain_epochs: int = 5
+    """epochs on synthetic wildlife"""
+    finetune_epochs: int = 40
+    """epochs on synthetic stars"""
+    lr: float = 2e-3
+    """peak learning rate of both phases"""
+    workers: int = 1
+    """data-loading processes"""
+
+    def __post_init__(self) -> None:
+        for name in ("pretrain_epochs", "finetune_epochs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
+
+
+def _phase(name: str, run: Callable[[Any], int], cfg: TrainConfig) -> None:
+    log.info("demo: %s into %s for %d epochs", name, cfg.output_dir, cfg.epochs)
+    code = run(cfg)
     if code:
         raise SystemExit(code)
 
@@ -50,54 +78,30 @@ def summarise(finetune_dir: Path, wall_time_s: float) -> dict[str, float]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="megastarid demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where both runs go")
-    parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
-    parser.add_argument("--image-size", type=int, default=64, help="training image size (default: 64)")
-    parser.add_argument("--pretrain-epochs", type=int, default=5, help="epochs on synthetic wildlife")
-    parser.add_argument("--finetune-epochs", type=int, default=40, help="epochs on synthetic stars")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of both phases")
-    parser.add_argument("--workers", type=int, default=1, help="data-loading processes")
-    args = parser.parse_args(argv)
-    out: Path = args.output_dir
+def demo(options: DemoOptions) -> int:
+    """Pre-train, fine-tune from its best checkpoint, and print where the results are."""
+    out = options.output_dir
     started = time.perf_counter()
     pre_dir, fine_dir = out / "pretrain", out / "finetune"
-    common = [
-        *FIXED,
-        "--backbone",
-        args.backbone,
-        "--image-size",
-        str(args.image_size),
-        "--lr",
-        str(args.lr),
-        "--workers",
-        str(args.workers),
-    ]
+    common = {
+        **FIXED,
+        "backbone": options.backbone,
+        "image_size": options.image_size,
+        "lr": options.lr,
+        "workers": options.workers,
+    }
     _phase(
-        "pretrain",
-        PretrainConfig,
-        run_pretrain,
-        ["--output-dir", str(pre_dir), *common, "--epochs", str(args.pretrain_epochs)],
+        "pretrain", run_pretrain, PretrainConfig(output_dir=pre_dir, epochs=options.pretrain_epochs, **common)
     )
-    _phase(
-        "finetune",
-        FinetuneConfig,
-        run_finetune,
-        [
-            "--output-dir",
-            str(fine_dir),
-            *common,
-            "--checkpoint",
-            str(pre_dir / "best.pth"),
-            "--epochs",
-            str(args.finetune_epochs),
-            "--backbone-lr-mult",
-            "1",
-            "--eval-every",
-            str(max(1, args.finetune_epochs // 10)),
-        ],
+    finetune = FinetuneConfig(
+        output_dir=fine_dir,
+        checkpoint=pre_dir / "best.pth",
+        epochs=options.finetune_epochs,
+        backbone_lr_mult=1.0,
+        eval_every=max(1, options.finetune_epochs // 10),
+        **common,
     )
+    _phase("finetune", run_finetune, finetune)
     result = summarise(fine_dir, time.perf_counter() - started)
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(
@@ -112,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  summary:  {out}/demo_summary.json"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return demo(parse_options(DemoOptions, argv, "megastarid demo", __doc__.splitlines()[0]))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 
 from megastarid.core.console import run_main
-from megastarid.training.config import FinetuneConfig, parse_config
+from megastarid.training.config import FinetuneConfig, parse_train_config
 from megastarid.training.strategies import run_finetune
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(FinetuneConfig, argv, "megastarid finetune", __doc__.splitlines()[0])
+    cfg = parse_train_config(FinetuneConfig, argv, "megastarid finetune", __doc__.splitlines()[0])
     return run_finetune(cfg)
 
 

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 
 from megastarid.core.console import run_main
-from megastarid.training.config import PretrainConfig, parse_config
+from megastarid.training.config import PretrainConfig, parse_train_config
 from megastarid.training.strategies import run_pretrain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(PretrainConfig, argv, "megastarid pretrain", __doc__.splitlines()[0])
+    cfg = parse_train_config(PretrainConfig, argv, "megastarid pretrain", __doc__.splitlines()[0])
     return run_pretrain(cfg)
 
 

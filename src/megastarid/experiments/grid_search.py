@@ -9,24 +9,24 @@ Training options are passed through after ``--`` to every phase (e.g. ``-- --bac
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.options import GpuIdsOrNone, Ints, Names, flag, parse_options
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,
     GRID_CONTROLLED,
     LOSSES,
     STRATEGIES,
-    Experiment,
     GridConfig,
     assign_devices,
     build_plan,
@@ -42,13 +42,12 @@ from megastarid.training.config import (
     FinetuneConfig,
     PretrainConfig,
     TrainConfig,
-    build_parser,
 )
 
 log = logging.getLogger(__name__)
 
-EPILOG = """\
-examples:
+EXAMPLES = """\
+Examples:
   python -m megastarid.experiments.grid_search --epochs 25 --gpus 0,1 --dry-run
   python -m megastarid.experiments.grid_search --epochs 25 --gpus 0,1 --seeds 0,1,2 \\
       --star-root data/star_dataset --wildlife-root data/WildlifeReID-10k -- --backbone convnext_tiny
@@ -56,73 +55,72 @@ examples:
       --cotrain-args "--star-batch-ratio 0.5" -- --backbone resnet18 --image-size 128 --no-pretrained
 
 Rerunning the same command skips finished experiments, resumes interrupted phases from last.pth and
-retries failed ones; the result files always cover every experiment in the output folder.
-"""
+retries failed ones; the result files always cover every experiment in the output folder."""
+
+DESCRIPTION = (
+    "Train every strategy x loss x seed and compare their star mAP / CMC. Training options for every phase "
+    "go after -- (e.g. -- --backbone resnet18 --image-size 128 --no-pretrained); the grid sets --epochs, "
+    "--seed, --output-dir, --gpus, --checkpoint and the loss weights itself.\n\n" + EXAMPLES
+)
+
+PHASES = ("pretrain", "finetune", "cotrain")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid grid-search",
-        description="Train every strategy × loss × seed and compare their star mAP / CMC. Training options "
-        "for every phase go after -- (e.g. -- --backbone resnet18 --image-size 128 --no-pretrained); the "
-        "grid sets --epochs, --seed, --output-dir, --gpus, --checkpoint and the loss weights itself.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--strategies",
-        default=",".join(DEFAULT_STRATEGIES),
-        help=f"comma list of {', '.join(STRATEGIES)} (default: all)",
-    )
-    parser.add_argument(
-        "--losses",
-        default=",".join(DEFAULT_LOSSES),
-        help="comma list of circle (weights 1/0), triplet (0/1), combined (0.7/0.3) "
-        "(default: circle,triplet)",
-    )
-    parser.add_argument("--seeds", default="0", help="comma list of seeds, one run each (default: 0)")
-    parser.add_argument("--epochs", type=int, default=25, help="epochs per training phase (default: 25)")
-    parser.add_argument(
-        "--pretrain-epochs", type=int, default=None, help="epochs of the pretrain phase (default: --epochs)"
-    )
-    parser.add_argument(
-        "--gpus",
-        default=None,
-        help="comma list of GPU ids; experiments run side by side, one per GPU "
-        "(default: one after another on the trainer's default device)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("checkpoints/megastarid/grid"),
-        help="grid folder (default: checkpoints/megastarid/grid)",
-    )
-    parser.add_argument(
-        "--star-root",
-        type=Path,
-        default=None,
-        help="star_dataset root, for finetune and cotrain (default: built-in synthetic set)",
-    )
-    parser.add_argument(
-        "--wildlife-root",
-        type=Path,
-        default=None,
-        help="WildlifeReID-10k root, for pretrain and cotrain (default: built-in synthetic set)",
-    )
-    for phase in ("pretrain", "finetune", "cotrain"):
-        parser.add_argument(
-            f"--{phase}-args",
-            default="",
-            metavar="ARGS",
-            help=f'extra options for the {phase} phase only, e.g. --{phase}-args="--lr 1e-4"',
-        )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and commands; train nothing")
-    return parser
+@dataclass
+class GridSearchOptions:
+    """The grid (strategies x losses x seeds), its devices and folders, and extra options per phase."""
+
+    strategies: Names = DEFAULT_STRATEGIES
+    """comma list of pretrain_finetune, cotrain, star_only"""
+    losses: Names = DEFAULT_LOSSES
+    """comma list of circle (weights 1/0), triplet (0/1), combined (0.7/0.3)"""
+    seeds: Ints = (0,)
+    """comma list of seeds, one run each"""
+    epochs: int = 25
+    """epochs per training phase"""
+    pretrain_epochs: int | None = None
+    """epochs of the pretrain phase (None: --epochs)"""
+    gpus: GpuIdsOrNone = None
+    """comma list of GPU ids, one experiment per GPU side by side (None: one after another, default device)"""
+    output_dir: Path = Path("checkpoints/megastarid/grid")
+    """grid folder"""
+    star_root: Path | None = None
+    """star_dataset root, for finetune and cotrain (None: the built-in synthetic set)"""
+    wildlife_root: Path | None = None
+    """WildlifeReID-10k root, for pretrain and cotrain (None: the built-in synthetic set)"""
+    pretrain_args: str = ""
+    """extra options for the pretrain phase only, e.g. --pretrain-args '--lr 1e-4'"""
+    finetune_args: str = ""
+    """extra options for the finetune phase only, e.g. --finetune-args '--lr 1e-4'"""
+    cotrain_args: str = ""
+    """extra options for the cotrain phase only, e.g. --cotrain-args '--star-batch-ratio 0.5'"""
+    dry_run: bool = False
+    """print the plan and commands; train nothing"""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.pretrain_epochs is not None and self.pretrain_epochs < 1:
+            raise UserError(f"--pretrain-epochs must be at least 1 (got {self.pretrain_epochs})")
+        self.strategies = _choices(self.strategies, tuple(STRATEGIES), "--strategies", "strategy")
+        self.losses = _choices(self.losses, tuple(LOSSES), "--losses", "loss")
+        if not self.seeds:
+            raise UserError("--seeds: give at least one value, e.g. --seeds 0,1,2")
+        self.seeds = tuple(dict.fromkeys(self.seeds))
+        if self.gpus is not None:
+            if not self.gpus:
+                raise UserError("--gpus: give at least one value, e.g. --gpus 0,1")
+            if min(self.gpus) < 0:
+                raise UserError(f"--gpus: GPU ids are 0 or more (got {','.join(map(str, self.gpus))})")
+            self.gpus = tuple(dict.fromkeys(self.gpus))
+        for name in ("star_root", "wildlife_root"):
+            path = getattr(self, name)
+            if path is not None and not path.is_dir():
+                raise UserError(f"{flag(name)} {path}: no such folder")
 
 
-def _names(text: str, choices: Sequence[str], option: str, noun: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+def _choices(names: tuple[str, ...], choices: Sequence[str], option: str, noun: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(names))
     if not names:
         raise UserError(f"{option}: give at least one of {', '.join(choices)}")
     for name in names:
@@ -131,21 +129,8 @@ def _names(text: str, choices: Sequence[str], option: str, noun: str) -> tuple[s
     return names
 
 
-def _integers(text: str, option: str, example: str) -> tuple[int, ...]:
-    values = [item.strip() for item in text.split(",") if item.strip()]
-    if not values:
-        raise UserError(f"{option}: give at least one value, e.g. {option} {example}")
-    try:
-        numbers = tuple(dict.fromkeys(int(value) for value in values))
-    except ValueError:
-        raise UserError(
-            f"{option}: {text!r} is not a comma list of integers, e.g. {option} {example}"
-        ) from None
-    return numbers
-
-
 def _controlled(name: str) -> str | None:
-    """The grid-set option that ``name`` means, also as an abbreviation argparse would expand."""
+    """The grid-set option that ``name`` means, also when ``name`` is a prefix of it (a likely typo)."""
     name = name.split("=", 1)[0]
     if name.startswith("--") and len(name) > 2:
         return next((option for option in GRID_CONTROLLED if option.startswith(name)), None)
@@ -187,41 +172,23 @@ def _split_args(text: str, option: str) -> tuple[str, ...]:
         raise UserError(f"{option}: cannot split {text!r}: {err}") from None
 
 
-def _existing_dir(path: Path | None, option: str) -> Path | None:
-    if path is not None and not path.is_dir():
-        raise UserError(f"{option} {path}: no such folder")
-    return None if path is None else path.resolve()
-
-
-def parse_config(argv: Sequence[str]) -> tuple[GridConfig, bool]:
-    """Options → (config, dry_run); everything after ``--`` is passed to every phase."""
-    argv = list(argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args = _parser().parse_args(argv[:cut])
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1 (got {args.epochs})")
-    if args.pretrain_epochs is not None and args.pretrain_epochs < 1:
-        raise UserError(f"--pretrain-epochs must be at least 1 (got {args.pretrain_epochs})")
-    gpus = _integers(args.gpus, "--gpus", "0,1") if args.gpus is not None else ()
-    if any(gpu < 0 for gpu in gpus):
-        raise UserError(f"--gpus: GPU ids are 0 or more (got {args.gpus})")
-    config = GridConfig(
-        strategies=_names(args.strategies, tuple(STRATEGIES), "--strategies", "strategy"),
-        losses=_names(args.losses, tuple(LOSSES), "--losses", "loss"),
-        seeds=_integers(args.seeds, "--seeds", "0,1,2"),
-        epochs=args.epochs,
-        pretrain_epochs=args.pretrain_epochs,
-        gpus=gpus,
-        output_dir=args.output_dir.resolve(),
-        star_root=_existing_dir(args.star_root, "--star-root"),
-        wildlife_root=_existing_dir(args.wildlife_root, "--wildlife-root"),
-        train_args=_passed_through(argv[cut + 1 :], "options after --"),
+def grid_config(options: GridSearchOptions, train_args: Sequence[str]) -> GridConfig:
+    """The grid's plan input: the options, with ``train_args`` (after ``--``) going to every phase."""
+    return GridConfig(
+        strategies=options.strategies,
+        losses=options.losses,
+        seeds=options.seeds,
+        epochs=options.epochs,
+        pretrain_epochs=options.pretrain_epochs,
+        gpus=options.gpus or (),
+        output_dir=options.output_dir.resolve(),
+        star_root=None if options.star_root is None else options.star_root.resolve(),
+        wildlife_root=None if options.wildlife_root is None else options.wildlife_root.resolve(),
+        train_args=_passed_through(train_args, "options after --"),
         phase_args={
-            phase: _split_args(getattr(args, f"{phase}_args"), f"--{phase}-args")
-            for phase in ("pretrain", "finetune", "cotrain")
+            phase: _split_args(getattr(options, f"{phase}_args"), f"--{phase}-args") for phase in PHASES
         },
     )
-    return config, args.dry_run
 
 
 PHASE_CONFIGS: dict[str, type[TrainConfig]] = {
@@ -231,20 +198,17 @@ PHASE_CONFIGS: dict[str, type[TrainConfig]] = {
 }
 
 
-def check_phase_options(experiments: Sequence[Experiment]) -> None:
-    """Parse each phase's options with that command's own parser, so a typo in a passed-through option
-    is one error now instead of the same failure in every experiment."""
-    checked: set[str] = set()
-    for experiment in experiments:
-        for phase in experiment.phases:
-            if phase.name in checked:
-                continue
-            checked.add(phase.name)
-            parser = build_parser(PHASE_CONFIGS[phase.name], prog=f"megastarid {phase.name}", description="")
-            try:
-                parser.parse_args(phase.options)
-            except UserError as err:
-                raise UserError(f"options for the {phase.name} phase: {err}") from None
+def check_phase_options(config: GridConfig) -> None:
+    """Parse the options passed through to each phase with that command's own options class, so a typo or
+    a bad value is one error now instead of the same failure in every experiment. (The options the grid
+    adds itself are left out: the finetune phase's --checkpoint only exists once pretrain has run.)"""
+    phases = dict.fromkeys(phase for strategy in config.strategies for phase in STRATEGIES[strategy])
+    for phase in phases:
+        options = [*config.train_args, *config.phase_args.get(phase, ())]
+        try:
+            parse_options(PHASE_CONFIGS[phase], options, prog=f"megastarid {phase}", description="")
+        except UserError as err:
+            raise UserError(f"options for the {phase} phase: {err}") from None
 
 
 def default_device() -> str:
@@ -271,16 +235,30 @@ def check_gpus(gpus: Sequence[int], device_count: Callable[[], int] | None = Non
         raise UserError(f"--gpus {listed}: GPU {missing[0]} does not exist (this machine has {count})")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config, dry_run = parse_config(sys.argv[1:] if argv is None else argv)
+def attach_values(argv: Sequence[str]) -> list[str]:
+    """``--pretrain-args "--lr 1e-4"`` as ``--pretrain-args=--lr 1e-4``: tyro reads a value that starts
+    with a dash only when it is attached with ``=``."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in {f"--{phase}-args" for phase in PHASES}:
+            out.append(f"{arg}={next(args, '')}")
+        else:
+            out.append(arg)
+    return out
+
+
+def run(options: GridSearchOptions, train_args: Sequence[str] = ()) -> int:
+    """Plan the grid, check it, then print it (``--dry-run``) or train it and write the results."""
+    config = grid_config(options, train_args)
     experiments = build_plan(config)
-    check_phase_options(experiments)
+    check_phase_options(config)
     slots: list[int | None] = list(config.gpus) or [None]
     assignment = assign_devices(experiments, slots)
     device = default_device()
     for note in epoch_mismatches(experiments):
         log.warning("kept as finished: %s (use a new --output-dir to train it again)", note)
-    if dry_run:
+    if options.dry_run:
         print(format_plan(config, experiments, assignment, device))
         print("\n--dry-run: nothing was trained.")
         return 0
@@ -311,6 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ", ".join(failed),
         )
     return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Options before ``--`` are the grid's; everything after it goes to every training phase."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    prog = "megastarid grid-search"
+    options = parse_options(GridSearchOptions, attach_values(argv[:cut]), prog, DESCRIPTION)
+    return run(options, argv[cut + 1 :])
 
 
 if __name__ == "__main__":

@@ -48,10 +48,6 @@ class TrainSet:
     dataset: ImageDataset
 
 
-def _split_list(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
-
-
 def star_catalogue(cfg: FinetuneConfig) -> pd.DataFrame:
     """The split catalogue of ``--star-root`` (and ``--star-csv``), else of the built-in synthetic stars."""
     root = Path(cfg.star_root) if cfg.star_root is not None else ensure_synthetic("stars")
@@ -64,7 +60,7 @@ def wildlife_catalogue(cfg: WildlifeOptions) -> pd.DataFrame:
     """WildlifeReID-10k at ``--wildlife-root`` (filtered), else the built-in synthetic wildlife set."""
     root = Path(cfg.wildlife_root) if cfg.wildlife_root is not None else ensure_synthetic("wildlife")
     return load_wildlife_catalogue(
-        root, datasets=_split_list(cfg.wildlife_datasets), species=_split_list(cfg.wildlife_species)
+        root, datasets=cfg.wildlife_datasets or None, species=cfg.wildlife_species or None
     )
 
 

@@ -47,7 +47,7 @@ from megastarid.core.runfiles import (
     TRAINING_CURVES_PNG,
 )
 from megastarid.data.datasets import collate_skip_bad
-from megastarid.training.config import TrainConfig, parse_gpus, save_config
+from megastarid.training.config import TrainConfig, save_config
 from megastarid.training.curves import plot_training_curves
 from megastarid.training.losses import ReIDLoss
 from megastarid.training.models import (
@@ -100,14 +100,12 @@ def fabric_options(cfg: TrainConfig) -> dict[str, Any]:
     """Translate ``--gpus`` / ``--accelerator`` / ``--devices`` / ``--precision`` into Fabric's arguments."""
     cuda = torch.cuda.is_available()
     if cfg.gpus is not None:
-        ids = parse_gpus(cfg.gpus)
+        ids, listed = list(cfg.gpus), ",".join(map(str, cfg.gpus))
         if not cuda:
-            raise UserError(
-                f"--gpus {cfg.gpus}: no CUDA GPU on this machine (leave out --gpus to use the CPU)"
-            )
+            raise UserError(f"--gpus {listed}: no CUDA GPU on this machine (leave out --gpus to use the CPU)")
         count = torch.cuda.device_count()
         if max(ids) >= count:
-            raise UserError(f"--gpus {cfg.gpus}: this machine has {count} GPU(s), ids 0 to {count - 1}")
+            raise UserError(f"--gpus {listed}: this machine has {count} GPU(s), ids 0 to {count - 1}")
         accelerator, devices, n = "cuda", ids, len(ids)
     else:
         accelerator = {"auto": "cuda" if cuda else "cpu", "gpu": "cuda"}.get(cfg.accelerator, cfg.accelerator)
