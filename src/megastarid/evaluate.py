@@ -8,7 +8,6 @@ training files are never touched.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.options import Ints, parse_options
+from megastarid.data.options import StarDataOptions, WildlifeOptions
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embeddings import load_embeddings
@@ -30,70 +31,61 @@ from megastarid.training.models import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = (
+    "Evaluate a checkpoint (or saved embeddings) on star_dataset: per-query ranks, CMC@K and mAP, per "
+    "identity and per outing folder, with plots and the embeddings saved; with --wildlife-root, also on "
+    "WildlifeReID-10k (its test split against its train split)."
+)
+
 
 @dataclass
-class EvaluateConfig:
-    """What to evaluate and how; one field per command-line option."""
+class EvaluateOptions(StarDataOptions, WildlifeOptions):
+    """What to evaluate and how."""
 
     checkpoint: Path | None = None
+    """model checkpoint (best.pth, last.pth); give it or --embeddings"""
     embeddings: Path | None = None
-    star_root: Path | None = None
-    star_csv: Path | None = None
-    wildlife_root: Path | None = None
+    """star_embeddings.npz to recompute the numbers from (no model needed)"""
     output_dir: Path | None = None
-    ks: tuple[int, ...] = DEFAULT_KS
+    """report folder (None: the checkpoint's or embeddings' folder); earlier reports there are replaced"""
+    ks: Ints = DEFAULT_KS
+    """CMC ranks, comma-separated"""
     tta: bool = False
+    """average each embedding with its mirror image's"""
     rerank: bool = False
+    """k-reciprocal re-ranking (galleries that fit in memory)"""
     image_size: int | None = None
+    """evaluation image size in pixels (None: the checkpoint's)"""
     batch_size: int = 64
+    """images per embedding batch"""
     workers: int = 0
+    """image loading processes"""
     device: str = "auto"
+    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
 
-
-def parse_ks(text: str) -> tuple[int, ...]:
-    """``"1,5,10,20"`` -> (1, 5, 10, 20); ranks must be positive integers."""
-    try:
-        ks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ranks like 1,5,10,20, got {text!r}") from None
-    if not ks or ks[0] < 1:
-        raise argparse.ArgumentTypeError(f"ranks must be positive integers, got {text!r}")
-    return ks
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid evaluate",
-        description="Evaluate a checkpoint (or saved embeddings) on star_dataset: per-query ranks, CMC@K and "
-        "mAP, per identity and per outing folder, with plots and the embeddings saved.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    add_source, add = source.add_argument, parser.add_argument
-    add_source("--checkpoint", type=Path, metavar="PATH", help="model checkpoint (best.pth, last.pth)")
-    add_source("--embeddings", type=Path, metavar="FILE", help="star_embeddings.npz (no model needed)")
-    add("--star-root", type=Path, metavar="DIR", help="star_dataset root (default: synthetic stars)")
-    add("--star-csv", "--csv", type=Path, metavar="FILE", help="metadata CSV with paths inside --star-root")
-    add("--wildlife-root", type=Path, metavar="DIR", help="also validate on WildlifeReID-10k (test vs train)")
-    add(
-        "--output-dir",
-        type=Path,
-        metavar="DIR",
-        help="report folder (default: the checkpoint's or embeddings' folder); report files of an earlier "
-        "evaluation there are replaced",
-    )
-    add("--ks", type=parse_ks, default=DEFAULT_KS, metavar="K,K,...", help="CMC ranks (default: 1,5,10,20)")
-    add("--tta", action="store_true", help="average each embedding with its mirror image's")
-    add("--rerank", action="store_true", help="k-reciprocal re-ranking (galleries that fit in memory)")
-    add("--image-size", type=int, metavar="PX", help="evaluation image size (default: the checkpoint's)")
-    add("--batch-size", type=int, default=64, metavar="N", help="images per embedding batch (default: 64)")
-    add("--workers", type=int, default=0, metavar="N", help="image loading processes (default: 0)")
-    add("--device", default="auto", help="torch device: cpu, cuda, cuda:1 ... (default: cuda when available)")
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None) -> EvaluateConfig:
-    args = _parser().parse_args(argv)
-    return EvaluateConfig(**vars(args))
+    def __post_init__(self) -> None:
+        if self.checkpoint is None and self.embeddings is None:
+            raise UserError("say what to evaluate: --checkpoint PATH or --embeddings FILE")
+        if self.checkpoint is not None and self.embeddings is not None:
+            raise UserError("--checkpoint and --embeddings exclude each other: give one")
+        if self.embeddings is not None:
+            needs_model = {
+                "--tta": self.tta,
+                "--wildlife-root": self.wildlife_root,
+                "--image-size": self.image_size,
+            }
+            for option, value in needs_model.items():
+                if value:
+                    raise UserError(f"{option} needs --checkpoint: saved embeddings cannot be re-embedded")
+        if (self.wildlife_datasets or self.wildlife_species) and self.wildlife_root is None:
+            raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
+        if self.batch_size < 1 or self.workers < 0:
+            raise UserError("--batch-size must be >= 1 and --workers >= 0")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"--image-size must be positive, got {self.image_size}")
+        if not self.ks or min(self.ks) < 1:
+            raise UserError(f"--ks: ranks must be positive integers, got {','.join(map(str, self.ks))!r}")
+        self.ks = tuple(sorted(set(self.ks)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,32 +100,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def star_catalogue(cfg: EvaluateConfig) -> pd.DataFrame:
+def star_catalogue(cfg: EvaluateOptions) -> pd.DataFrame:
     if cfg.star_root is None and cfg.star_csv is not None:
         raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
     root = cfg.star_root if cfg.star_root is not None else ensure_synthetic("stars")
     return load_star_catalogue(root, cfg.star_csv)
 
 
-def _check_options(cfg: EvaluateConfig) -> None:
-    if cfg.embeddings is not None:
-        needs_model = {"--tta": cfg.tta, "--wildlife-root": cfg.wildlife_root, "--image-size": cfg.image_size}
-        for flag, value in needs_model.items():
-            if value:
-                raise UserError(f"{flag} needs --checkpoint: saved embeddings cannot be re-embedded")
-    if cfg.batch_size < 1 or cfg.workers < 0:
-        raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise UserError(f"--image-size must be positive, got {cfg.image_size}")
-
-
 def _announce(out_dir: Path) -> None:
     log.info("writing evaluation reports to %s (report files of an earlier evaluation are replaced)", out_dir)
 
 
-def run(cfg: EvaluateConfig) -> dict:
+def run(cfg: EvaluateOptions) -> dict:
     """Evaluate as ``cfg`` says; return the star summary (with ``"wildlife"`` when validated on it)."""
-    _check_options(cfg)
     device = resolve_device(cfg.device)
     source = cfg.checkpoint if cfg.checkpoint is not None else cfg.embeddings
     assert source is not None
@@ -171,7 +150,9 @@ def run(cfg: EvaluateConfig) -> dict:
         **common,
     )
     if cfg.wildlife_root is not None:
-        wildlife = load_wildlife_catalogue(cfg.wildlife_root)
+        wildlife = load_wildlife_catalogue(
+            cfg.wildlife_root, datasets=cfg.wildlife_datasets or None, species=cfg.wildlife_species or None
+        )
         summary["wildlife"] = evaluate_wildlife(
             model, wildlife, image_size, device, cfg.ks, out_dir, cfg.checkpoint, options, **common
         )
@@ -179,7 +160,7 @@ def run(cfg: EvaluateConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_args(argv))
+    run(parse_options(EvaluateOptions, argv, "megastarid evaluate", DESCRIPTION))
     return 0
 
 
