@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from megastarid import cli
-from megastarid import data_cli
+from megastarid import cli, data_cli
 from megastarid.data import preview
 from megastarid.data.readers import read_star_tree
 

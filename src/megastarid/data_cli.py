@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,131 +14,134 @@ import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.options import flag, parse_options
 from megastarid.data.check import Source, export_split, find_unreadable, load_source, summarise
 from megastarid.data.images import BadImageError, load_rgb
+from megastarid.data.options import StarDataOptions, WildlifeOptions
 from megastarid.data.preview import draw_grid, pick_photos
-from megastarid.data.readers import read_star_tree
+from megastarid.data.readers import read_star_csv, read_star_tree
 from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, denormalise
 
 log = logging.getLogger(__name__)
 
 
-def _names(text: str) -> list[str]:
-    """A comma-separated option value as a list (spelled as in the training commands)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+@dataclass
+class CheckOptions(StarDataOptions, WildlifeOptions):
+    """Which data set to check (one of them) and how thoroughly."""
+
+    identity_root: Path | None = None
+    """one folder per identity, ROOT/<identity>/*.jpg (SeaStarReID2023 style)"""
+    gallery_fraction: float = 0.8
+    """stars: share of each identity's outings on the gallery (train) side"""
+    export_split: Path | None = None
+    """write the catalogue with its split to this CSV file"""
+    open: bool = True
+    """decode every photo (--no-open: faster, less thorough)"""
+    workers: int = min(8, os.cpu_count() or 1)
+    """threads decoding photos"""
+
+    def __post_init__(self) -> None:
+        names = ("star_root", "star_csv", "wildlife_root", "identity_root")
+        given = [name for name in names if getattr(self, name)]
+        if not given:
+            raise UserError(
+                "say which data set to check: --star-root DIR, --csv FILE, --wildlife-root DIR or "
+                "--identity-root DIR"
+            )
+        if len(given) > 1 and set(given) != {"star_root", "star_csv"}:
+            options = " and ".join(flag(name) for name in given)
+            raise UserError(f"check one data set at a time (got {options})")
+        if (self.wildlife_datasets or self.wildlife_species) and not self.wildlife_root:
+            raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
+
+    def source(self) -> Source:
+        if self.wildlife_root:
+            return Source("wildlife", self.wildlife_root)
+        if self.identity_root:
+            return Source("identity folders", self.identity_root)
+        if self.star_csv:
+            return Source("stars", self.star_root or self.star_csv.parent, self.star_csv)
+        assert self.star_root is not None
+        return Source("stars", self.star_root)
 
 
-def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid data check",
-        description="Validate a data set, print a summary and optionally export its split.",
-    )
-    parser.add_argument(
-        "--star-root", type=Path, help="star_dataset root (ROOT/<DATASET>/<individual>/<outing>/)"
-    )
-    parser.add_argument(
-        "--csv",
-        "--star-csv",
-        type=Path,
-        help="star metadata CSV (paths inside --star-root, default its folder)",
-    )
-    parser.add_argument("--wildlife-root", type=Path, help="WildlifeReID-10k root (with metadata.csv)")
-    parser.add_argument("--identity-root", type=Path, help="one folder per identity (SeaStarReID2023 style)")
-    parser.add_argument("--wildlife-datasets", type=_names, help="comma-separated source datasets to keep")
-    parser.add_argument("--wildlife-species", type=_names, help="comma-separated species to keep")
-    parser.add_argument(
-        "--gallery-fraction", type=float, default=0.8, help="stars: share of outings in gallery"
-    )
-    parser.add_argument(
-        "--export-split", type=Path, metavar="FILE.csv", help="write the catalogue with its split"
-    )
-    parser.add_argument(
-        "--no-open", action="store_true", help="skip decoding every photo (faster, less thorough)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads decoding photos"
-    )
-    return parser
-
-
-def _source(args: argparse.Namespace) -> Source:
-    given = [name for name in ("star_root", "csv", "wildlife_root", "identity_root") if getattr(args, name)]
-    if not given:
-        raise UserError(
-            "say which data set to check: --star-root DIR, --csv FILE, --wildlife-root DIR or "
-            "--identity-root DIR"
-        )
-    if len(given) > 1 and set(given) != {"star_root", "csv"}:
-        options = " and ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"check one data set at a time (got {options})")
-    if (args.wildlife_datasets or args.wildlife_species) and not args.wildlife_root:
-        raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
-    if args.wildlife_root:
-        return Source("wildlife", args.wildlife_root)
-    if args.identity_root:
-        return Source("identity folders", args.identity_root)
-    if args.csv:
-        return Source("stars", args.star_root or args.csv.parent, args.csv)
-    return Source("stars", args.star_root)
-
-
-def check_main(argv: Sequence[str] | None = None) -> int:
-    args = _check_parser().parse_args(argv)
-    source = _source(args)
-    df = load_source(source, args.wildlife_datasets, args.wildlife_species, args.gallery_fraction)
-    unreadable = None if args.no_open else find_unreadable(df["path"].tolist(), args.workers)
+def check(options: CheckOptions) -> int:
+    """Read the data set, open its photos, print the summary; a ``UserError`` when it is not usable."""
+    source = options.source()
+    datasets, species = options.wildlife_datasets or None, options.wildlife_species or None
+    df = load_source(source, datasets, species, options.gallery_fraction)
+    unreadable = find_unreadable(df["path"].tolist(), options.workers) if options.open else None
     lines, reasons = summarise(df, unreadable or {}, source)
     print("\n".join(lines))
-    if args.export_split:
-        export_split(df, unreadable, args.export_split)
-        print(f"split written to {args.export_split}")
+    if options.export_split:
+        export_split(df, unreadable, options.export_split)
+        print(f"split written to {options.export_split}")
     if reasons:
         raise UserError(f"{source.csv or source.root} is not usable: {reasons[0]}")
     print("usable: yes" if unreadable is not None else "usable: yes (photos not opened: --no-open)")
     return 0
 
 
-def _preview_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid data show-augmentations",
-        description="Draw star photos (one per row) beside augmented versions from the star training "
-        "transform and save the grid as an image.",
-    )
-    parser.add_argument(
-        "--star-root", type=Path, help="star_dataset root (default: the built-in synthetic stars)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="image file to write, e.g. grid.png")
-    parser.add_argument("--n", type=int, default=8, help="number of photos (rows; default 8)")
-    parser.add_argument("--variants", type=int, default=5, help="augmented versions per photo (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="chooses the photos and the augmentations")
-    parser.add_argument("--image-size", type=int, default=224, help="training image size in px (default 224)")
-    return parser
+def check_main(argv: Sequence[str] | None = None) -> int:
+    description = "Validate a data set, print a summary and optionally export its split."
+    return check(parse_options(CheckOptions, argv, "megastarid data check", description))
 
 
-def show_augmentations_main(argv: Sequence[str] | None = None) -> int:
-    args = _preview_parser().parse_args(argv)
-    for option, value in (("--n", args.n), ("--variants", args.variants)):
-        if value < 1:
-            raise UserError(f"{option} must be >= 1, got {value}")
-    transform = build_star_train_transform(args.image_size)
-    root = args.star_root if args.star_root is not None else ensure_synthetic("stars")
-    photos = pick_photos(read_star_tree(root), args.n, args.seed)
-    torch.manual_seed(args.seed)
+@dataclass(kw_only=True)
+class PreviewOptions(StarDataOptions):
+    """Which photos to draw and how many augmented versions of each."""
+
+    out: Path
+    """image file to write, e.g. grid.png"""
+    n: int = 8
+    """number of photos (rows)"""
+    variants: int = 5
+    """augmented versions per photo"""
+    seed: int = 0
+    """chooses the photos and the augmentations"""
+    image_size: int = 224
+    """training image size in pixels"""
+
+    def __post_init__(self) -> None:
+        for name in ("n", "variants"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.star_csv is not None and self.star_root is None:
+            raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
+
+
+def show_augmentations(options: PreviewOptions) -> int:
+    """Draw the photos beside their augmented versions and save the grid."""
+    transform = build_star_train_transform(options.image_size)
+    root = options.star_root if options.star_root is not None else ensure_synthetic("stars")
+    table = read_star_csv(options.star_csv, root) if options.star_csv is not None else read_star_tree(root)
+    photos = pick_photos(table, options.n, options.seed)
+    torch.manual_seed(options.seed)
     rows = []
     for photo in photos.itertuples():
         try:
-            image = load_rgb(photo.path, min_side=args.image_size)
+            image = load_rgb(photo.path, min_side=options.image_size)
         except BadImageError as err:
             log.warning("skipped: %s", err)
             continue
-        augmented = [denormalise(transform(image)) for _ in range(args.variants)]
+        augmented = [denormalise(transform(image)) for _ in range(options.variants)]
         rows.append((f"{photo.identity}\n{photo.folder}", np.asarray(image), augmented))
     if not rows:
         raise UserError(f"none of the {len(photos)} photos picked under {root} could be read")
-    draw_grid(rows, args.out)
-    print(f"wrote {args.out} ({len(rows)} photos x {args.variants} augmentations at {args.image_size} px)")
+    draw_grid(rows, options.out)
+    size = options.image_size
+    print(f"wrote {options.out} ({len(rows)} photos x {options.variants} augmentations at {size} px)")
     return 0
+
+
+def show_augmentations_main(argv: Sequence[str] | None = None) -> int:
+    description = (
+        "Draw star photos (one per row) beside augmented versions from the star training transform and "
+        "save the grid as an image."
+    )
+    options = parse_options(PreviewOptions, argv, "megastarid data show-augmentations", description)
+    return show_augmentations(options)
 
 
 SUBCOMMANDS = {"check": check_main, "show-augmentations": show_augmentations_main}

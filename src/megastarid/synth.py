@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
 
 from megastarid.core.console import run_main
+from megastarid.core.options import parse_options
 from megastarid.data.synth import (
     DEFAULT_STAR_IDENTITIES,
     DEFAULT_STAR_IMAGE_SIZE,
@@ -21,56 +25,70 @@ from megastarid.data.synth import (
 
 log = logging.getLogger(__name__)
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="megastarid synth",
-        description="Write procedurally drawn sea stars as a star_dataset tree (--kind stars) or a "
-        "WildlifeReID-10k-style folder with metadata.csv (--kind wildlife). Same seed, same bytes.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder to create (must be empty or absent)")
-    parser.add_argument(
-        "--kind", choices=("stars", "wildlife"), default="stars", help="which set (default: stars)"
-    )
-    parser.add_argument(
-        "--identities",
-        type=int,
-        help=f"number of individuals (default: {DEFAULT_STAR_IDENTITIES} stars, "
-        f"{DEFAULT_WILDLIFE_IDENTITIES} wildlife)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        help=f"square image side in px (default: {DEFAULT_STAR_IMAGE_SIZE} stars, "
-        f"{DEFAULT_WILDLIFE_IMAGE_SIZE} wildlife)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    return parser
+DESCRIPTION = (
+    "Write procedurally drawn sea stars as a star_dataset tree (--kind stars) or a WildlifeReID-10k-style "
+    "folder with metadata.csv (--kind wildlife). Same seed, same bytes."
+)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    stars = args.kind == "stars"
+@dataclass(kw_only=True)
+class SynthOptions:
+    """Which synthetic set to write, where, and how big."""
+
+    out: Path
+    """folder to create (must be empty or absent)"""
+    kind: Literal["stars", "wildlife"] = "stars"
+    """which set: a star_dataset tree, or a WildlifeReID-10k-style folder with metadata.csv"""
+    identities: Annotated[
+        int | None,
+        tyro.conf.arg(
+            help=f"number of individuals (None: {DEFAULT_STAR_IDENTITIES} stars, "
+            f"{DEFAULT_WILDLIFE_IDENTITIES} wildlife)"
+        ),
+    ] = None
+    seed: int = 0
+    """random seed"""
+    image_size: Annotated[
+        int | None,
+        tyro.conf.arg(
+            help=f"square image side in pixels (None: {DEFAULT_STAR_IMAGE_SIZE} stars, "
+            f"{DEFAULT_WILDLIFE_IMAGE_SIZE} wildlife)"
+        ),
+    ] = None
+    overwrite: bool = False
+    """replace a non-empty --out folder"""
+
+
+def synth(options: SynthOptions) -> int:
+    """Write the set and log how many images it holds."""
+    stars = options.kind == "stars"
     generate = generate_stars if stars else generate_wildlife
     default_identities = DEFAULT_STAR_IDENTITIES if stars else DEFAULT_WILDLIFE_IDENTITIES
-    identities = default_identities if args.identities is None else args.identities
+    identities = default_identities if options.identities is None else options.identities
     default_size = DEFAULT_STAR_IMAGE_SIZE if stars else DEFAULT_WILDLIFE_IMAGE_SIZE
-    image_size = default_size if args.image_size is None else args.image_size
+    image_size = default_size if options.image_size is None else options.image_size
     started = time.perf_counter()
     out = generate(
-        args.out, identities=identities, seed=args.seed, image_size=image_size, overwrite=args.overwrite
+        options.out,
+        identities=identities,
+        seed=options.seed,
+        image_size=image_size,
+        overwrite=options.overwrite,
     )
     images = sum(1 for _ in out.rglob("*.jpg"))
     log.info(
         "wrote %d synthetic %s images of %d identities to %s in %.1f s",
         images,
-        args.kind,
+        options.kind,
         identities,
         out,
         time.perf_counter() - started,
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return synth(parse_options(SynthOptions, argv, "megastarid synth", DESCRIPTION))
 
 
 if __name__ == "__main__":
