@@ -157,3 +157,32 @@ def test_rank_individuals_matches_brute_force_and_leaves_own_out() -> None:
     assert answers.is_new.all() and (answers.top1 != own).all()
     wide = rank_individuals(query[:2], gallery[:4], ids[:4], k=6)
     assert (wide.identity[:, 4:] == -1).all() and np.isneginf(wide.score[:, 4:]).all()
+
+
+def test_openset_report_files(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from megastarid.evaluation.openset_report import write_openset_reports
+
+    answers = _draw(2)
+    calibration, _ = fit_calibration(_draw(3))
+    paths = [f"/photos/{i}.jpg" for i in range(len(answers.identity))]
+    summary = write_openset_reports(answers, paths, calibration, tmp_path, {"protocol": "time-cut"})
+    saved = json.loads((tmp_path / "star_openset_summary.json").read_text())
+    assert saved["protocol"] == "time-cut" and saved["threshold"] == calibration.threshold
+    assert saved["BAKS"] == pytest.approx(baks_baus(answers, calibration.threshold)[0])
+    assert saved == json.loads(json.dumps(summary))
+    table = pd.read_csv(tmp_path / "star_openset_queries.csv")
+    assert list(table.columns) == [
+        "path", "identity", "is_new", "top1_identity", "top1_score", "probability", "decision"
+    ]  # fmt: skip
+    assert (table["decision"] == "new").sum() == (answers.top1_score < calibration.threshold).sum()
+    assert len(pd.read_csv(tmp_path / "openset_thresholds.csv")) > 10
+    for plot in ("openset_curve.png", "reliability.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    known_only = OpenSetAnswers(
+        answers.identity, np.zeros_like(answers.is_new), answers.top1, answers.top1_score
+    )
+    assert write_openset_reports(known_only, paths, calibration, tmp_path / "k")["BAUS"] is None
