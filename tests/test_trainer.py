@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from megastarid.core.errors import UserError
 from megastarid.data.samplers import PKBatchSampler
 from megastarid.training.config import FinetuneConfig
 from megastarid.training.models import build_model, load_checkpoint
-from megastarid.training.trainer import TrainTask, fabric_options, fit, lr_factor
+from megastarid.training.trainer import EpochTally, TrainTask, fabric_options, fit, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -158,3 +159,39 @@ def test_evaluation_cadence_and_early_stopping(tmp_path: Path) -> None:
     assert history["blob_mAP"].notna().tolist() == [True, False, True, False, True]
     summary = json.loads((cfg.output_dir / "run_summary.json").read_text())
     assert summary["stopped_early"] and summary["best_epoch"] == 0 and summary["epochs_completed"] == 4
+
+
+class Unreadable(Blobs):
+    """Items 3 and 9 are corrupt photos (the dataset returns no image for them)."""
+
+    def __getitem__(self, i: int):
+        image, label, index = super().__getitem__(i)
+        return (None if i in (3, 9) else image), label, index
+
+
+def test_unreadable_photos_are_listed_and_counted_whatever_their_name(tmp_path: Path) -> None:
+    cfg = config(tmp_path, epochs=1)
+    task = blob_task(Unreadable(identities=4, per_identity=6))
+    task.paths = [os.fsdecode(f"blob{i}-caf\xe9.png".encode("latin-1")) for i in range(24)]  # not UTF-8
+    assert fit(cfg, lambda: task) == 0
+    listed = (cfg.output_dir / "bad_images.txt").read_bytes().splitlines()
+    assert sorted(listed) == [b"blob3-caf\xe9.png", b"blob9-caf\xe9.png"]
+    assert pd.read_csv(cfg.output_dir / "history.csv")["bad_images"].iloc[1] == 2
+    assert json.loads((cfg.output_dir / "run_summary.json").read_text())["bad_images"] == 2
+
+
+def test_an_epoch_tally_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    tally = EpochTally.zero(torch.device("cpu"))
+    tally.add_step(torch.tensor([1.1, 2.2, math.nan]), images=8)
+    tally.add_step(torch.tensor([0.3, 0.4, math.nan]), images=6)
+    tally.bad_images, tally.skipped_steps, tally.elapsed = 2, 1, 3.25
+    torch.save({"partial": tally.to_dict()}, tmp_path / "t.pth")
+    back = EpochTally.from_dict(
+        torch.load(tmp_path / "t.pth", weights_only=True)["partial"], torch.device("cpu")
+    )
+    assert torch.equal(back.loss_sums[:2], tally.loss_sums[:2]) and back.loss_sums[2].isnan()
+    assert (back.steps, back.images, back.bad_images, back.skipped_steps, back.elapsed) == (2, 14, 2, 1, 3.25)
+    assert back.loss_means() == {
+        "loss": float(tally.loss_sums[0]) / 2,
+        "circle_loss": float(tally.loss_sums[1]) / 2,
+    }

@@ -93,7 +93,63 @@ class RunState:
     stopped_early: bool = False
     wall_time_s: float = 0.0
     skipped_steps: int = 0
-    partial: list[float] = field(default_factory=list)  # the interrupted epoch's running sums
+    partial: dict[str, Any] | None = None  # the interrupted epoch's ``EpochTally.to_dict()``
+
+
+@dataclass
+class EpochTally:
+    """What one rank has done so far in an epoch; summed over the ranks when the epoch ends.
+
+    ``loss_sums`` holds one sum per ``LOSS_KEYS`` entry, float32 on the training device, so adding a step's
+    losses never waits for the device. ``to_dict`` / ``from_dict`` carry a tally through a weights_only
+    checkpoint as plain numbers, exactly (a float32 value is exact as a Python float).
+    """
+
+    loss_sums: torch.Tensor
+    steps: int = 0  # optimisation steps taken
+    images: int = 0  # images in those steps
+    bad_images: int = 0  # unreadable photos met (left out of their batch)
+    skipped_steps: int = 0  # steps with a NaN/inf loss or no readable image (nothing updated)
+    elapsed: float = 0.0  # seconds spent in the epoch so far, on this rank
+
+    @classmethod
+    def zero(cls, device: torch.device) -> EpochTally:
+        return cls(torch.zeros(len(LOSS_KEYS), device=device))
+
+    def add_step(self, losses: torch.Tensor, images: int) -> None:
+        self.loss_sums += losses
+        self.steps += 1
+        self.images += images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "loss_sums": dict(zip(LOSS_KEYS, self.loss_sums.tolist(), strict=True)),
+            "steps": self.steps,
+            "images": self.images,
+            "bad_images": self.bad_images,
+            "skipped_steps": self.skipped_steps,
+            "elapsed": self.elapsed,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochTally:
+        sums = torch.tensor([saved["loss_sums"][key] for key in LOSS_KEYS], device=device)
+        return cls(sums, **{key: value for key, value in saved.items() if key != "loss_sums"})
+
+    def summed(self, fabric: Fabric) -> EpochTally:
+        """The tally of every rank, with one all_reduce; ``elapsed`` stays this rank's."""
+        counts = [self.steps, self.images, self.bad_images, self.skipped_steps]
+        local = torch.cat([self.loss_sums, self.loss_sums.new_tensor(counts)])
+        total = fabric.all_reduce(local, reduce_op="sum").cpu()
+        steps, images, bad_images, skipped_steps = (int(n) for n in total[len(LOSS_KEYS) :].tolist())
+        return EpochTally(total[: len(LOSS_KEYS)], steps, images, bad_images, skipped_steps, self.elapsed)
+
+    def loss_means(self) -> dict[str, float]:
+        """Each loss term's mean over the steps; a term the objective does not compute (NaN) is left out."""
+        if not self.steps:
+            return {}
+        sums = zip(LOSS_KEYS, self.loss_sums.tolist(), strict=True)
+        return {key: total / self.steps for key, total in sums if not math.isnan(total)}
 
 
 def fabric_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -276,6 +332,15 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank) % (2**63)
 
 
+def _fill_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch that lost unreadable photos, filled up to ``size`` by repeating its readable ones: under DDP
+    every rank must hand the same shape to the loss, which gathers the embeddings of all ranks."""
+    if len(labels) >= size:
+        return images, labels
+    fill = torch.arange(size) % len(labels)
+    return images[fill], labels[fill]
+
+
 def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
     """Run (or resume) a training run in ``cfg.output_dir``; returns the exit code (130 when interrupted).
 
@@ -321,6 +386,7 @@ class _Run:
             worker_init_fn=_leave_signals_to_main,
         )
         self.bad_seen: set[int] = set()
+        self.failed_in_a_row = 0  # steps skipped one after another (reset by every good step)
         self.writer = None
         if self.rank0:
             from torch.utils.tensorboard import SummaryWriter
@@ -379,79 +445,101 @@ class _Run:
 
     def _train_epoch(self, epoch: int, stop: _StopRequest) -> dict[str, float] | None:
         """Train one epoch; returns its statistics, or None when a stop was requested (after saving)."""
-        fabric, cfg = self.fabric, self.cfg
-        resume_step, self.state.step = self.state.step, 0
-        self.sampler.set_epoch(epoch)
-        self.batches.skip = resume_step
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, fabric.global_rank))
-        batches = iter(self.loader)
-        sums = torch.zeros(3, device=fabric.device)
-        counts = torch.zeros(4, device=fabric.device)  # steps, images, bad images, skipped steps
-        elapsed = 0.0
-        if resume_step:
-            partial = torch.tensor(self.state.partial, device=fabric.device)
-            sums, counts, elapsed = partial[:3].clone(), partial[3:7].clone(), float(partial[7])
-            if self.rng is not None:
-                torch.set_rng_state(self.rng)
-        in_a_row = 0
-        start = time.perf_counter() - elapsed
+        batches, tally, done = self._begin_epoch(epoch)
+        start = time.perf_counter() - tally.elapsed
+        self.failed_in_a_row = 0
         bar = tqdm(
             total=len(self.sampler),
-            initial=resume_step,
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            initial=done,
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
             disable=None if self.rank0 else True,
             leave=False,
             dynamic_ncols=True,
         )
         self.trainer.model.train()
-        for step, (images, labels, indices, bad) in enumerate(batches, start=resume_step + 1):
-            expected = len(indices) + len(bad)
+        for step, (images, labels, indices, bad) in enumerate(batches, start=done + 1):
             if bad:
                 self._log_bad(bad)
-                counts[2] += len(bad)
-            stop_now, empty = stop.requested, len(labels) == 0
-            if fabric.world_size > 1:  # every rank must take the same branch, or DDP deadlocks
-                flags = fabric.all_reduce(
-                    torch.tensor([stop_now, empty], dtype=torch.float32, device=fabric.device),
-                    reduce_op="sum",
-                )
-                stop_now, empty = bool(flags[0] > 0), bool(flags[1] > 0)
-                if not empty and len(labels) < expected:  # same shape on every rank for the gather
-                    fill = torch.arange(expected) % len(labels)
-                    images, labels = images[fill], labels[fill]
-            out = None if empty else self.trainer.step(images, labels)
-            if out is None:
-                counts[3] += 1
-                in_a_row += 1
-                if in_a_row >= cfg.max_bad_steps:
-                    raise UserError(
-                        f"the loss was NaN/inf (or the batch unreadable) for {in_a_row} steps in a row "
-                        f"in epoch {epoch}: lower --lr or check the data (last.pth holds the last good epoch)"
-                    )
-            else:
-                in_a_row = 0
-                sums += out
-                counts[0] += 1
-                counts[1] += len(labels)
-                if self.writer is not None and step % LOG_EVERY == 0:
-                    loss = float(out[0])
-                    self.writer.add_scalar("train/step_loss", loss, (epoch - 1) * len(self.sampler) + step)
-                    bar.set_postfix(loss=f"{loss:.3f}")
+                tally.bad_images += len(bad)
+            stop_now, empty = self._sync_flags(stop.requested, len(labels) == 0)
+            if not empty and self.fabric.world_size > 1:
+                images, labels = _fill_batch(images, labels, len(indices) + len(bad))
+            losses = None if empty else self.trainer.step(images, labels)
+            self._account_step(tally, losses, len(labels), epoch)
+            self._log_step(losses, epoch, step, bar)
             bar.update()
             if stop_now and step < len(self.sampler):
                 bar.close()
-                self._save_interrupted(epoch, step, sums, counts, time.perf_counter() - start)
+                tally.elapsed = time.perf_counter() - start
+                self._save_interrupted(step, tally)
                 return None
         bar.close()
-        elapsed = time.perf_counter() - start
-        totals = fabric.all_reduce(torch.cat([sums, counts]), reduce_op="sum").tolist()
-        steps, images, bad_images, skipped = totals[3:7]
-        self.state.skipped_steps += int(skipped)
-        means = [value / max(steps, 1) for value in totals[:3]] if steps else [math.nan] * 3
-        stats = {name: mean for name, mean in zip(LOSS_KEYS, means, strict=True) if not math.isnan(mean)}
-        stats.update(self.trainer.lrs())
-        stats.update(images_per_s=images / max(elapsed, 1e-9), bad_images=bad_images, skipped_steps=skipped)
-        return stats
+        tally.elapsed = time.perf_counter() - start
+        return self._epoch_stats(tally)
+
+    def _begin_epoch(self, epoch: int) -> tuple[Iterator[Any], EpochTally, int]:
+        """Seed the epoch and start its batches: (batches, tally, batches already done).
+
+        A run resumed mid-epoch skips the batches it had done and continues from the tally and the
+        random state it saved, so the epoch ends exactly as it would have without the interruption.
+        """
+        done, self.state.step = self.state.step, 0
+        self.sampler.set_epoch(epoch)
+        self.batches.skip = done
+        torch.manual_seed(_epoch_seed(self.cfg.seed, epoch, self.fabric.global_rank))
+        batches = iter(self.loader)  # the loader draws its base seed from the generator seeded just now
+        if not done:
+            return batches, EpochTally.zero(self.fabric.device), 0
+        assert self.state.partial is not None
+        tally = EpochTally.from_dict(self.state.partial, self.fabric.device)
+        if self.rng is not None:
+            torch.set_rng_state(self.rng)
+        return batches, tally, done
+
+    def _sync_flags(self, stop: bool, empty: bool) -> tuple[bool, bool]:
+        """(stop, empty batch) as any rank saw them: all ranks must take the same branch, or DDP deadlocks."""
+        if self.fabric.world_size == 1:
+            return stop, empty
+        flags = self.fabric.all_reduce(
+            torch.tensor([stop, empty], dtype=torch.float32, device=self.fabric.device), reduce_op="sum"
+        )
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _account_step(self, tally: EpochTally, losses: torch.Tensor | None, images: int, epoch: int) -> None:
+        """Count a step: its losses and images, or a skipped step; ``max_bad_steps`` skipped in a row stop
+        the run."""
+        if losses is not None:
+            self.failed_in_a_row = 0
+            tally.add_step(losses, images)
+            return
+        tally.skipped_steps += 1
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= self.cfg.max_bad_steps:
+            raise UserError(
+                f"the loss was NaN/inf (or the batch unreadable) for {self.failed_in_a_row} steps in a row "
+                f"in epoch {epoch}: lower --lr or check the data (last.pth holds the last good epoch)"
+            )
+
+    def _log_step(self, losses: torch.Tensor | None, epoch: int, step: int, bar: tqdm) -> None:
+        """Every ``LOG_EVERY`` steps, on rank 0: the step's loss to TensorBoard and the progress bar
+        (reading it waits for the device, hence not every step)."""
+        if losses is None or self.writer is None or step % LOG_EVERY:
+            return
+        loss = float(losses[0])
+        self.writer.add_scalar("train/step_loss", loss, (epoch - 1) * len(self.sampler) + step)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    def _epoch_stats(self, tally: EpochTally) -> dict[str, float]:
+        """The epoch's history fields: mean losses over every rank, learning rates, throughput, faults."""
+        total = tally.summed(self.fabric)
+        self.state.skipped_steps += total.skipped_steps
+        return {
+            **total.loss_means(),
+            **self.trainer.lrs(),
+            "images_per_s": total.images / max(total.elapsed, 1e-9),
+            "bad_images": float(total.bad_images),
+            "skipped_steps": float(total.skipped_steps),
+        }
 
     def _log_bad(self, bad: list[int]) -> None:
         new = [i for i in bad if i not in self.bad_seen]
@@ -464,14 +552,12 @@ class _Run:
                 self.task.paths[new[0]],
             )
 
-    def _save_interrupted(
-        self, epoch: int, step: int, sums: torch.Tensor, counts: torch.Tensor, elapsed: float
-    ) -> None:
+    def _save_interrupted(self, step: int, tally: EpochTally) -> None:
         rng = self.fabric.all_gather(self.fabric.to_device(torch.get_rng_state())).cpu()
         if self.fabric.world_size == 1:
             rng = rng.unsqueeze(0)
         self.state.step = step
-        self.state.partial = [*sums.tolist(), *counts.tolist(), elapsed]
+        self.state.partial = tally.to_dict()
         self.state.wall_time_s += time.perf_counter() - self.started
         self._save(LAST_CHECKPOINT, rng=rng)
         self.fabric.barrier()
