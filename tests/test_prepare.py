@@ -48,6 +48,7 @@ def test_prepare_resizes_shorter_side_and_keeps_layout(tmp_path: Path, capsys) -
     assert (outing / "small.jpg").read_bytes() == (src / "Site A/étoile/3_23_2024/small.jpg").read_bytes()
     assert (dst / "metadata.csv").is_file()
     assert not list(dst.rglob("*.part"))
+    assert not list(dst.rglob(".*.tmp"))  # no temp file of the atomic writer left behind
     assert sorted(read_star_tree(dst)["identity"].unique()) == ["Site A/étoile"]
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write
+from megastarid.core.files import atomic_write, atomic_write_text
 from megastarid.data.images import BadImageError, is_image_file, load_rgb
 from megastarid.data.readers import list_files, require_dir
 
@@ -80,7 +80,7 @@ def _claim(dst: Path, size: int) -> None:
             raise UserError(f"--dst {dst} holds photos prepared with --size {previous}; use another --dst")
     try:
         dst.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"size": size}) + "\n")
+        atomic_write_text(marker, json.dumps({"size": size}) + "\n")
     except OSError as err:
         raise UserError(f"cannot write to --dst {dst}: {err.strerror}") from err
 
