@@ -28,13 +28,15 @@ def embed_images(
     batch_size: int = 64,
     tta: bool = False,
     num_workers: int = 0,
+    progress: bool = True,
 ) -> np.ndarray:
     """Embed ``paths`` in order as a float32 (N, D) array; rows of unreadable files are NaN.
 
     The unreadable files are logged as one warning; callers drop the NaN rows and count them
     (``np.isnan(emb).any(axis=1)``). With ``tta`` each embedding is the re-normalised mean of the
     image's and its horizontal mirror's. The model's train/eval mode is restored afterwards, so the
-    trainer can call this between epochs.
+    trainer can call this between epochs. ``progress=False`` hides the progress bar (for callers that
+    embed in many small calls under a bar of their own).
     """
     device = torch.device(device)
     dataset = ImageDataset(list(paths), [0] * len(paths), build_eval_transform(image_size), image_size)
@@ -52,7 +54,9 @@ def embed_images(
     model.eval()
     try:
         with torch.inference_mode():
-            for images, _, indices, bad in tqdm(loader, desc="embedding", unit="batch", disable=None):
+            for images, _, indices, bad in tqdm(
+                loader, desc="embedding", unit="batch", disable=None if progress else True
+            ):
                 unreadable.extend(bad)
                 if indices.numel() == 0:
                     continue

@@ -4,6 +4,8 @@ the query and any of that individual's gallery photos (DESIGN §3, open-set deci
 This is the rule both the open-set report and ``identify`` use, so the two can never disagree. Work is
 chunked over queries (a chunk holds ``chunk x gallery`` scores), and the per-individual maximum is a
 ``scatter_reduce`` over the gallery's identity codes, so no query x gallery matrix is ever built whole.
+A gallery searched again and again (the catalogue of known individuals) encodes its identities once
+(``IdentityCodes``) instead of sorting its labels on every call.
 """
 
 from __future__ import annotations
@@ -34,31 +36,45 @@ class IndividualRanking:
         return [self.names[code] if code >= 0 else "" for code in self.identity[:, column]]
 
 
+@dataclass(frozen=True)
+class IdentityCodes:
+    """A gallery's identities encoded once: row ``i`` is individual ``names[codes[i]]``."""
+
+    names: list[str]  # sorted, unique
+    codes: np.ndarray  # (gallery,) int64
+
+    @classmethod
+    def of(cls, identities: Sequence[str]) -> IdentityCodes:
+        names, codes = np.unique(np.asarray(identities, dtype=str), return_inverse=True)
+        return cls([str(name) for name in names], codes.reshape(-1).astype(np.int64))
+
+
 def rank_individuals(
     query: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
-    gallery_identities: Sequence[str],
+    gallery_identities: Sequence[str] | IdentityCodes,
     k: int = 5,
     exclude: Sequence[str] | None = None,
     chunk_size: int | None = None,
 ) -> IndividualRanking:
     """Top-``k`` individuals per query by highest cosine to any of their photos.
 
-    Embeddings must be L2-normalised (rows). ``exclude[q]``, when given, is an individual left out of
+    Embeddings must be L2-normalised (rows). ``gallery_identities`` are the rows' labels, or the same
+    already encoded (``IdentityCodes.of(labels)``). ``exclude[q]``, when given, is an individual left out of
     query ``q``'s ranking: the pseudo-new answers of validation under the temporal protocol score a query
     against the gallery without its own identity.
     """
-    names, codes = np.unique(np.asarray(gallery_identities, dtype=str), return_inverse=True)
+    if not isinstance(gallery_identities, IdentityCodes):
+        gallery_identities = IdentityCodes.of(gallery_identities)
+    names, codes = gallery_identities.names, gallery_identities.codes
     q = torch.as_tensor(np.asarray(query, dtype=np.float32))
     g = torch.as_tensor(np.asarray(gallery, dtype=np.float32))
     code_t = torch.as_tensor(codes.reshape(-1), dtype=torch.int64)
     n_ids, k_eff = len(names), min(k, len(names))
-    lookup = {name: i for i, name in enumerate(names)}
-    excluded = (
-        torch.tensor([lookup.get(str(name), -1) for name in exclude], dtype=torch.int64)
-        if exclude is not None
-        else None
-    )
+    excluded = None
+    if exclude is not None:
+        lookup = {name: i for i, name in enumerate(names)}
+        excluded = torch.tensor([lookup.get(str(name), -1) for name in exclude], dtype=torch.int64)
     identity = np.full((len(q), k), -1, dtype=np.int64)
     score = np.full((len(q), k), -np.inf, dtype=np.float32)
     best_photo = np.full((len(q), k), -1, dtype=np.int64)
@@ -82,4 +98,4 @@ def rank_individuals(
         identity[start:end, :k_eff] = torch.where(valid, top_id, -1).numpy()
         score[start:end, :k_eff] = top_score.numpy()
         best_photo[start:end, :k_eff] = torch.where(valid, photo, -1).numpy()
-    return IndividualRanking([str(name) for name in names], identity, score, best_photo)
+    return IndividualRanking(list(names), identity, score, best_photo)
