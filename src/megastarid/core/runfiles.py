@@ -42,6 +42,10 @@ WILDLIFE_DATASET_CSV = "wildlife_dataset_metrics.csv"
 GRID_STATUS_JSON = "grid_status.json"  # written when one of the experiment's phases fails
 GRID_LOG_DIR = "logs"  # one <phase>.log per phase
 
+# ----------------------------------------------------------------- identify's output folder
+MATCHES_CSV = "matches.csv"  # one row per (query, candidate rank)
+MATCHES_JSON = "matches.json"  # the same, nested per query, with each candidate's photos (the lineup's input)
+
 # ----------------------------------------------------------------- loss terms (history.csv columns)
 LOSS = "loss"  # the weighted total that is optimised
 CIRCLE_LOSS = "circle_loss"

@@ -1,0 +1,122 @@
+"""The model a catalogue embeds with, and its fingerprint: new photos are embedded exactly as the
+catalogue's were (same weights, image size, TTA), or not at all.
+
+Commands build an ``Embedder`` (``training.embedders``: from a trained checkpoint, or from a bare backbone
+for zero-shot use) and hand it to the catalogue build and to identify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megastarid.core.errors import UserError
+from megastarid.evaluation.embed import embed_images
+
+log = logging.getLogger(__name__)
+
+#: how a catalogue's model is re-created: a trained checkpoint, or a backbone's pooled features
+KINDS = ("checkpoint", "backbone")
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What makes two embeddings comparable: the same weights (sha256 of the checkpoint file, or of the
+    backbone's weights), the same architecture, image size, test-time augmentation and embedding size."""
+
+    kind: str
+    sha256: str
+    backbone: str
+    image_size: int
+    tta: bool
+    embedding_dim: int
+
+    def differences(self, other: ModelFingerprint) -> list[str]:
+        """``name mine vs other's`` for every field that differs (hashes shortened)."""
+
+        def show(value: Any) -> str:
+            return repr(value[:12] + "...") if isinstance(value, str) and len(value) == 64 else repr(value)
+
+        return [
+            f"{f.name} {show(getattr(self, f.name))} vs {show(getattr(other, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelFingerprint:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+class FeatureModel(nn.Module):
+    """A backbone's pooled features, L2-normalised: zero-shot embeddings, before anything is trained."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(images).float(), dim=1)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 of a module's weights (names, shapes, dtypes and values of its state dict, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Embedder:
+    """A model in eval mode with its fingerprint and the recipe to re-create it (``source``)."""
+
+    model: nn.Module
+    fingerprint: ModelFingerprint
+    source: dict[str, Any]  # kind, checkpoint / backbone, weights, pretrained: absolute paths
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 64
+    num_workers: int = 0
+
+    def embed(self, paths: Sequence[str]) -> np.ndarray:
+        """(len(paths), dim) float32, L2-normalised; rows of unreadable photos are NaN."""
+        if not paths:
+            return np.zeros((0, self.fingerprint.embedding_dim), dtype=np.float32)
+        try:
+            return embed_images(
+                self.model,
+                list(paths),
+                self.fingerprint.image_size,
+                self.device,
+                batch_size=self.batch_size,
+                tta=self.fingerprint.tta,
+                num_workers=self.num_workers,
+                progress=False,
+            )
+        except UserError as err:  # embed_images' only one: none of the photos could be read
+            log.debug("%s", err)
+            return np.full((len(paths), self.fingerprint.embedding_dim), np.nan, dtype=np.float32)
+
+    def record(self) -> dict[str, Any]:
+        """What a catalogue stores about its model."""
+        return {"fingerprint": asdict(self.fingerprint), "source": dict(self.source)}

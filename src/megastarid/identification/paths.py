@@ -1,0 +1,37 @@
+"""Photo paths as a catalogue stores them: relative to its root, ``/``-separated, never outside the root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from megastarid.core.errors import UserError
+
+
+def relative_photo_path(path: str | os.PathLike[str], root: Path) -> str:
+    """``path`` relative to ``root`` as stored (``a/b/c.jpg``); outside the root: a one-line error."""
+    rel = os.path.relpath(os.path.abspath(path), root)
+    parts = PurePosixPath(Path(rel).as_posix())
+    if Path(rel).is_absolute() or ".." in parts.parts:
+        raise UserError(f"photo {path} is outside the catalogue root {root}")
+    return parts.as_posix()
+
+
+def resolve_photo_path(rel: str, root: Path, catalogue: Path) -> Path:
+    """The file behind a stored relative path; a stored path that escapes the root (a damaged or edited
+    catalogue) is a one-line error, never followed."""
+    if escapes_root(rel):
+        raise UserError(f"catalogue {catalogue}: photo path {rel!r} escapes its root {root}")
+    return root.joinpath(*PurePosixPath(rel).parts)
+
+
+def escapes_root(rel: str) -> bool:
+    """A stored path that would lead outside the root (absolute, ``..``) or is empty."""
+    return (
+        not rel
+        or rel.startswith("/")
+        or rel == ".."
+        or rel.startswith("../")
+        or rel.endswith("/..")
+        or "/../" in rel
+    )
