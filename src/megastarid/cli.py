@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("megastarid.prepare", "write a pre-resized copy of an image tree"),
     "data": ("megastarid.data_cli", "check a data set, export its split, preview augmentations"),
     "demo": ("megastarid.demo", "run the whole pipeline on the synthetic sets"),
+    "catalogue": ("megastarid.catalogue", "build or describe the catalogue of known individuals (SQLite)"),
+    "identify": ("megastarid.identify", "name the individuals in new photos against a catalogue"),
 }
 
 

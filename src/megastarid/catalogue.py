@@ -1,0 +1,208 @@
+"""``megastarid catalogue <build|info>``: the catalogue of known individuals (one SQLite file).
+
+``build`` embeds every photo of a star_dataset tree or CSV with a trained checkpoint (or, zero-shot, a
+bare backbone) and stores the open-set calibration; reruns only embed new or changed photos.
+``info`` says what a catalogue holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
+from megastarid.core.options import flag, parse_options
+from megastarid.core.runfiles import CALIBRATION_JSON
+from megastarid.data.options import StarDataOptions
+from megastarid.data.readers import read_star_csv, read_star_tree
+from megastarid.data.synth import ensure_synthetic
+from megastarid.identification.build import COMMIT_EVERY, build_catalogue
+from megastarid.identification.calibrate import describe, read_calibration, update_calibration
+from megastarid.identification.embedder import Embedder
+from megastarid.identification.store import open_catalogue
+from megastarid.training.embedders import backbone_embedder, checkpoint_embedder, resolve_device
+
+log = logging.getLogger(__name__)
+
+BUILD_DESCRIPTION = (
+    "Build or update a catalogue of known individuals: embed every photo of a star_dataset tree or CSV with "
+    "a trained checkpoint (or, zero-shot, a timm backbone's pooled features) into one SQLite file, with the "
+    "open-set calibration identify needs. Reruns embed only new or changed photos and drop vanished ones; a "
+    "killed build resumes where it stopped."
+)
+INFO_DESCRIPTION = "Print what a catalogue holds: individuals, photos, outings, dates, model and calibration."
+
+
+@dataclass(kw_only=True)
+class BuildOptions(StarDataOptions):
+    """What to catalogue, with which model."""
+
+    catalogue: Path
+    """the catalogue file (SQLite), created when missing"""
+    checkpoint: Path | None = None
+    """trained model (best.pth); its run's calibration.json beside it is used when present"""
+    backbone: str | None = None
+    """zero-shot instead of --checkpoint: a timm backbone (e.g. hf-hub:BVRA/MegaDescriptor-T-224) whose
+    pooled, L2-normalised features are the embeddings; needs --pretrained or --backbone-weights"""
+    pretrained: bool = False
+    """with --backbone: download its published weights"""
+    backbone_weights: Path | None = None
+    """with --backbone: local weights file (a state dict), works offline"""
+    image_size: int | None = None
+    """image size in pixels (None: the checkpoint's training size, or the backbone's default)"""
+    tta: bool = False
+    """average each embedding with its mirror image's (identify then does the same)"""
+    calibration: Path | None = None
+    """calibration.json to store (default: the checkpoint's, else one fitted on the catalogue itself)"""
+    accept: float | None = None
+    """probability at or above which identify calls a top individual a match (default: the calibration's)"""
+    rebuild: bool = False
+    """empty a catalogue built with another model and embed every photo again"""
+    commit_every: int = COMMIT_EVERY
+    """photos per transaction (a killed build loses at most one batch)"""
+    batch_size: int = 64
+    """images per embedding batch"""
+    workers: int = 0
+    """image loading processes"""
+    device: str = "auto"
+    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.backbone is None):
+            raise UserError("give one of --checkpoint PATH (a trained model) or --backbone NAME (zero-shot)")
+        if self.backbone is None and (self.pretrained or self.backbone_weights is not None):
+            raise UserError("--pretrained and --backbone-weights go with --backbone (zero-shot)")
+        if self.backbone is not None and not self.pretrained and self.backbone_weights is None:
+            raise UserError(
+                f"--backbone {self.backbone} needs --pretrained or --backbone-weights FILE (random weights "
+                "identify nothing)"
+            )
+        if self.star_csv is not None and self.star_root is None:
+            raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
+        for name in ("commit_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"--image-size must be positive, got {self.image_size}")
+        if self.accept is not None and not 0 < self.accept <= 1:
+            raise UserError(f"--accept must be in (0, 1], got {self.accept}")
+
+
+def make_embedder(options: BuildOptions) -> Embedder:
+    device = resolve_device(options.device)
+    common = {"tta": options.tta, "image_size": options.image_size}
+    loading = {"batch_size": options.batch_size, "num_workers": options.workers}
+    if options.checkpoint is not None:
+        return checkpoint_embedder(options.checkpoint, device, **common, **loading)
+    assert options.backbone is not None
+    return backbone_embedder(
+        options.backbone, device, options.pretrained, options.backbone_weights, **common, **loading
+    )
+
+
+def build(options: BuildOptions) -> int:
+    """Read the photos, embed what is new, store the calibration, say what happened."""
+    root = options.star_root
+    if root is None:
+        root = ensure_synthetic("stars")
+        log.info("no --star-root: cataloguing the built-in synthetic stars at %s", root)
+    table = read_star_csv(options.star_csv, root) if options.star_csv is not None else read_star_tree(root)
+    given, source, calibration_path = None, "", None
+    if options.calibration is not None:
+        given, source, calibration_path = read_calibration(options.calibration), "file", options.calibration
+    elif options.checkpoint is not None and (options.checkpoint.parent / CALIBRATION_JSON).is_file():
+        calibration_path = options.checkpoint.parent / CALIBRATION_JSON
+        given, source = read_calibration(calibration_path), "checkpoint"
+    embedder = make_embedder(options)
+    with open_catalogue(options.catalogue, create=True) as store:
+        report = build_catalogue(store, table, root, embedder, options.rebuild, options.commit_every)
+        entry = update_calibration(store, given, source, calibration_path, report.changed, options.accept)
+    log.info("catalogue %s: %s", options.catalogue, report.line())
+    if entry.get("calibration"):
+        log.info("calibration: %s", describe(entry))
+    else:
+        log.warning(
+            "no calibration: %s; identify needs one: rebuild with --calibration FILE (a trained run's %s) or "
+            "with photos from more outings",
+            entry.get("reason"),
+            CALIBRATION_JSON,
+        )
+    return 0
+
+
+def build_main(argv: Sequence[str] | None = None) -> int:
+    return build(parse_options(BuildOptions, argv, "megastarid catalogue build", BUILD_DESCRIPTION))
+
+
+@dataclass(kw_only=True)
+class InfoOptions:
+    """Which catalogue to describe."""
+
+    catalogue: Path
+    """the catalogue file"""
+    json: bool = False
+    """print the facts as JSON"""
+
+
+def info_lines(summary: dict) -> list[str]:
+    """``catalogue info``'s text."""
+    model = (summary.get("model") or {}).get("fingerprint") or {}
+    source = (summary.get("model") or {}).get("source") or {}
+    made_from = (
+        source.get("checkpoint")
+        or source.get("weights")
+        or ("pretrained" if source.get("pretrained") else "")
+    )
+    lines = [
+        f"catalogue    {summary['catalogue']} (schema {summary['schema_version']})",
+        f"root         {summary['root']}",
+        f"individuals  {summary['individuals']}",
+        f"photos       {summary['photos']}"
+        + (f" ({summary['undated_photos']} undated)" if summary["undated_photos"] else ""),
+        f"outings      {summary['outings']} (individual x outing)",
+        f"dates        {summary['first_date'] or '-'} .. {summary['last_date'] or '-'}",
+        f"datasets     {', '.join(summary['datasets']) or '-'}",
+    ]
+    if model:
+        lines.append(
+            f"model        {model['kind']} {model['backbone']} ({made_from}), {model['image_size']} px, "
+            f"{model['embedding_dim']}-d, TTA {'on' if model['tta'] else 'off'}, "
+            f"sha256 {model['sha256'][:12]}"
+        )
+    lines.append(f"calibration  {describe(summary.get('calibration'))}")
+    lines.append(f"updated      {summary.get('updated') or summary.get('created') or '-'}")
+    return lines
+
+
+def info(options: InfoOptions) -> int:
+    with open_catalogue(options.catalogue) as store:
+        summary = store.summary()
+    print(json.dumps(summary, indent=2) if options.json else "\n".join(info_lines(summary)))
+    return 0
+
+
+def info_main(argv: Sequence[str] | None = None) -> int:
+    return info(parse_options(InfoOptions, argv, "megastarid catalogue info", INFO_DESCRIPTION))
+
+
+SUBCOMMANDS = {"build": build_main, "info": info_main}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in SUBCOMMANDS:
+        names = "|".join(SUBCOMMANDS)
+        print(f"usage: megastarid catalogue {{{names}}} [options]", file=sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    return int(SUBCOMMANDS[args[0]](args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

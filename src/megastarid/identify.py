@@ -1,0 +1,116 @@
+"""``megastarid identify``: name the sea stars in new photos against a catalogue of known individuals.
+
+Writes ``matches.csv`` and ``matches.json`` into ``--out`` (earlier ones there are replaced) and prints a
+short table. See ``megastarid.identification.identify`` for the encounter pooling rule and the verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from megastarid.core.console import run_main
+from megastarid.core.errors import UserError
+from megastarid.core.options import flag, parse_options
+from megastarid.core.runfiles import CALIBRATION_JSON
+from megastarid.identification.calibrate import stored_calibration
+from megastarid.identification.identify import collect_photos, identify_photos
+from megastarid.identification.matches import matches_document, terminal_table, write_matches
+from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
+from megastarid.training.embedders import catalogue_embedder, resolve_device
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Identify new photos against a catalogue: for each encounter (the photos of one folder, or each photo "
+    "alone) the top individuals with their calibrated probability and a verdict (match, uncertain, new, "
+    "known-photo); writes matches.csv and matches.json."
+)
+
+
+@dataclass(kw_only=True)
+class IdentifyOptions:
+    """What to identify, against which catalogue, and where the answers go."""
+
+    photos: tyro.conf.Positional[tuple[Path, ...]]
+    """new photos, or folders of them (searched recursively)"""
+    catalogue: Path
+    """the catalogue file (megastarid catalogue build)"""
+    out: Path
+    """output folder for matches.csv and matches.json (earlier ones there are replaced)"""
+    top_k: int = 5
+    """candidate individuals per encounter"""
+    encounter_by: Literal["folder", "none"] = "folder"
+    """folder: the photos of one folder are one animal on one dive and are pooled; none: each photo alone"""
+    allow_uncalibrated: bool = False
+    """without a calibration, rank anyway (verdict 'unverified', no probabilities) instead of refusing"""
+    checkpoint: Path | None = None
+    """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
+    backbone_weights: Path | None = None
+    """where a zero-shot catalogue's backbone weights are now, if they moved"""
+    batch_size: int = 64
+    """images per embedding batch"""
+    workers: int = 0
+    """image loading processes"""
+    device: str = "auto"
+    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+
+    def __post_init__(self) -> None:
+        if not self.photos:
+            raise UserError("give the new photos (or folders of them) to identify")
+        for name in ("top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+
+
+def identify(options: IdentifyOptions) -> int:
+    """Check everything that can be wrong before the model loads; identify; write and print the answers."""
+    device = resolve_device(options.device)
+    with open_catalogue(options.catalogue) as store:
+        photos = collect_photos(options.photos)
+        record = store.meta(MODEL)
+        if record is None or not store.num_photos():
+            raise UserError(f"catalogue {options.catalogue} holds no photos yet (megastarid catalogue build)")
+        calibration = stored_calibration(store)
+        if calibration is None and not options.allow_uncalibrated:
+            reason = (store.meta(CALIBRATION) or {}).get("reason") or "none was given or fitted"
+            raise UserError(
+                f"catalogue {options.catalogue} has no calibration ({reason}): rebuild it with --calibration "
+                f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
+                "--allow-uncalibrated for rankings without verdicts"
+            )
+        index = store.load_index()
+        embedder = catalogue_embedder(
+            record,
+            options.catalogue,
+            device,
+            checkpoint=options.checkpoint,
+            weights=options.backbone_weights,
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+        )
+        log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
+        result = identify_photos(
+            store, index, embedder, photos, options.top_k, options.encounter_by, calibration
+        )
+        document = matches_document(result, store, index)
+    csv_path, json_path = write_matches(document, options.out)
+    print(terminal_table(document))
+    print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return identify(parse_options(IdentifyOptions, argv, "megastarid identify", DESCRIPTION))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
