@@ -210,7 +210,10 @@ def test_wildlife_validation_overall_and_per_dataset(tmp_path: Path) -> None:
                 split = "test" if shot == 2 else "train"
                 identity = f"{dataset}_{animal}"
                 rows.append({"identity": identity, "path": rel, "dataset": dataset, "split": split})
-    rows.append({"identity": "Turtles_new", "path": rows[0]["path"], "dataset": "Turtles", "split": "test"})
+    write_image(root / "images/Turtles/new/0.png", (40, 40), seed=len(rows))  # its own photo, no gallery one
+    rows.append(
+        {"identity": "Turtles_new", "path": "images/Turtles/new/0.png", "dataset": "Turtles", "split": "test"}
+    )
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     model = build_model("test_resnet", embedding_dim=8)
 
