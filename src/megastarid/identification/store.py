@@ -85,6 +85,12 @@ CREATE TABLE embeddings (
 );
 """
 
+#: the first stored photo path that would lead outside the root (the same test as ``paths.escapes_root``)
+_ESCAPING = (
+    "SELECT path FROM photos WHERE path = '' OR path LIKE '/%' OR path = '..' OR path LIKE '../%' "
+    "OR path LIKE '%/..' OR path LIKE '%/../%' LIMIT 1"
+)
+
 # meta keys
 ROOT = "root"
 MODEL = "model"
@@ -320,11 +326,14 @@ class CatalogueStore:
             ).fetchall()
             owners = np.array(con.execute("SELECT id, individual_id FROM photos ORDER BY id").fetchall())
             vectors = con.execute("SELECT photo_id, vector FROM embeddings ORDER BY photo_id").fetchall()
+            escaping = con.execute(_ESCAPING).fetchone()
             model = self.meta(MODEL) or {}
         if root is None or not len(owners):
             raise UserError(
                 f"catalogue {self.path} holds no photos yet (build it with megastarid catalogue build)"
             )
+        if escaping is not None:
+            raise UserError(f"catalogue {self.path}: photo path {escaping[0]!r} escapes its root {root}")
         vector_ids = np.fromiter((row[0] for row in vectors), dtype=np.int64, count=len(vectors))
         if not np.array_equal(vector_ids, owners[:, 0]):
             raise UserError(f"catalogue {self.path} is damaged: photos and embeddings do not pair up")
