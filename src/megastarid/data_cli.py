@@ -17,7 +17,7 @@ from megastarid.core.errors import UserError
 from megastarid.core.options import flag, parse_options
 from megastarid.data.check import Source, export_split, find_unreadable, load_source, summarise
 from megastarid.data.images import BadImageError, load_rgb
-from megastarid.data.options import StarDataOptions, WildlifeOptions
+from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptions
 from megastarid.data.preview import draw_grid, pick_photos
 from megastarid.data.readers import read_star_csv, read_star_tree
 from megastarid.data.synth import ensure_synthetic
@@ -27,13 +27,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CheckOptions(StarDataOptions, WildlifeOptions):
+class CheckOptions(StarDataOptions, SplitOptions, WildlifeOptions):
     """Which data set to check (one of them) and how thoroughly."""
 
     identity_root: Path | None = None
     """one folder per identity, ROOT/<identity>/*.jpg (SeaStarReID2023 style)"""
-    gallery_fraction: float = 0.8
-    """stars: share of each identity's outings on the gallery (train) side"""
     export_split: Path | None = None
     """write the catalogue with its split to this CSV file"""
     open: bool = True
@@ -42,6 +40,7 @@ class CheckOptions(StarDataOptions, WildlifeOptions):
     """threads decoding photos"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         names = ("star_root", "star_csv", "wildlife_root", "identity_root")
         given = [name for name in names if getattr(self, name)]
         if not given:
@@ -70,7 +69,7 @@ def check(options: CheckOptions) -> int:
     """Read the data set, open its photos, print the summary; a ``UserError`` when it is not usable."""
     source = options.source()
     datasets, species = options.wildlife_datasets or None, options.wildlife_species or None
-    df = load_source(source, datasets, species, options.gallery_fraction)
+    df = load_source(source, datasets, species, options.split_plan())
     unreadable = find_unreadable(df["path"].tolist(), options.workers) if options.open else None
     lines, reasons = summarise(df, unreadable or {}, source)
     print("\n".join(lines))

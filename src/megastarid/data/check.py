@@ -25,7 +25,7 @@ from megastarid.data.catalogue import (
 from megastarid.data.images import BadImageError, load_rgb
 from megastarid.data.readers import read_identity_folders
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
-from megastarid.data.splits import audit_split
+from megastarid.data.splits import SplitPlan, audit_split, carve_wildlife_validation
 
 #: Decode size used to test a photo: small enough that JPEGs decode at 1/8 scale, yet the whole file is read.
 PROBE_SIDE = 64
@@ -58,13 +58,14 @@ def find_unreadable(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
 
 
 def load_source(
-    source: Source, datasets: Sequence[str] | None, species: Sequence[str] | None, gallery_fraction: float
+    source: Source, datasets: Sequence[str] | None, species: Sequence[str] | None, plan: SplitPlan
 ) -> pd.DataFrame:
-    """The catalogue exactly as training reads it."""
+    """The catalogue exactly as training reads it (with its validation side)."""
     if source.kind == "stars":
-        return load_star_catalogue(source.root, source.csv, gallery_fraction)
+        return load_star_catalogue(source.root, source.csv, plan)
     if source.kind == "wildlife":
-        return load_wildlife_catalogue(source.root, datasets=datasets, species=species)
+        wildlife = load_wildlife_catalogue(source.root, datasets=datasets, species=species)
+        return carve_wildlife_validation(wildlife, plan.val_fraction)
     return read_identity_folders(source.root)
 
 
@@ -115,19 +116,33 @@ def summarise(df: pd.DataFrame, unreadable: dict[str, str], source: Source) -> t
 
 
 def _training_identities(readable: pd.DataFrame) -> int:
+    """Identities with photos training can use (the train side, validation excluded)."""
     return int(readable.loc[readable["split"] == "train", "identity"].nunique())
 
 
 def _split_lines(df: pd.DataFrame, readable: pd.DataFrame, source: Source) -> list[str]:
-    gallery, query = readable[readable["split"] == "train"], readable[readable["split"] == "test"]
+    gallery = readable[readable["split"].isin(["train", "val"])]
+    query, val = readable[readable["split"] == "test"], readable[readable["split"] == "val"]
     names = ("gallery/train", "query/test") if source.kind == "stars" else ("train", "test")
     lines = [
         f"  split        {names[0]} {len(gallery)} photos of {gallery['identity'].nunique()} identities; "
         f"{names[1]} {len(query)} photos of {query['identity'].nunique()} identities"
     ]
+    if df.attrs.get("protocol"):
+        cut = f", cut {df.attrs['cut_date']}" if df.attrs.get("cut_date") else ""
+        lines.append(f"  protocol     {df.attrs['protocol']}{cut}")
+    if not val.empty:
+        pseudo_new = set(val["identity"]) - set(readable.loc[readable["split"] == "train", "identity"])
+        lines.append(
+            f"  validation   {len(val)} photos of {val['identity'].nunique()} identities, carved from the "
+            f"{names[0]} side ({len(pseudo_new)} held out whole as pseudo-new); never trained on"
+        )
     unseen = set(query["identity"]) - set(gallery["identity"])
     if unseen:
-        lines.append(f"  {len(unseen)} query identities have no gallery photo (their queries are not scored)")
+        lines.append(
+            f"  {len(unseen)} query identities have no gallery photo (new individuals: scored by the "
+            "open-set report, not by CMC/mAP)"
+        )
     if source.kind != "stars":
         return lines  # official splits carry no outings to audit
     audit = audit_split(df)

@@ -1,5 +1,5 @@
-"""The two catalogues the trainers and the evaluator read: star_dataset with its temporal split, and
-WildlifeReID-10k with its official split and filters."""
+"""The two catalogues the trainers and the evaluator read: star_dataset split by a ``SplitPlan`` (train,
+validation, test), and WildlifeReID-10k with its official split and filters."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from pathlib import Path
 import pandas as pd
 
 from megastarid.data.readers import read_star_csv, read_star_tree, read_wildlife
-from megastarid.data.splits import temporal_split
+from megastarid.data.splits import SplitPlan, split_catalogue
+
+#: the plain temporal split with no validation side, for callers that only read a set
+PLAIN_TEMPORAL = SplitPlan(val_fraction=0.0)
 
 
-def load_star_catalogue(root: Path, csv: Path | None = None, gallery_fraction: float = 0.8) -> pd.DataFrame:
+def load_star_catalogue(
+    root: Path, csv: Path | None = None, plan: SplitPlan = PLAIN_TEMPORAL
+) -> pd.DataFrame:
     """Read star_dataset (the tree under ``root``, or the metadata ``csv`` with paths inside ``root``) and
-    mark the temporal split: the one call trainers and the evaluator use."""
+    split it by ``plan``: the one call trainers, the evaluator and ``data check`` use."""
     df = read_star_csv(csv, root) if csv is not None else read_star_tree(root)
-    return temporal_split(df, gallery_fraction)
+    return split_catalogue(df, plan)
 
 
 def load_wildlife_catalogue(
