@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -38,7 +38,7 @@ DESCRIPTION = (
 class IdentifyOptions:
     """What to identify, against which catalogue, and where the answers go."""
 
-    photos: tyro.conf.Positional[tuple[Path, ...]]
+    photos: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="PHOTO|DIR")]]
     """new photos, or folders of them (searched recursively)"""
     catalogue: Path
     """the catalogue file (megastarid catalogue build)"""

@@ -144,8 +144,9 @@ class CatalogueIndex:
         k_eff = min(k, n_ids)
         picked: list[torch.Tensor] = []
         for row in torch.from_numpy(query):
-            approx = (self._half @ row.half()).float()
-            best = torch.full((n_ids,), -torch.inf).scatter_reduce(0, codes_t, approx, reduce="amax")
+            approx = self._half @ row.half()  # float16 scores: maxima taken before widening (cheaper)
+            best = torch.full((n_ids,), -torch.inf, dtype=torch.float16)
+            best = best.scatter_reduce(0, codes_t, approx, reduce="amax").float()
             kth = best.topk(k_eff).values[-1]
             margin = 2 * HALF_ERROR * float(row.norm())
             picked.append(torch.nonzero(best >= kth - margin).squeeze(1))
