@@ -339,3 +339,14 @@ def test_unreadable_photos_are_listed_and_left_out(
     report = build(stars, checkpoint, catalogue)
     assert report.unreadable == [str(broken)] and report.photos == 16
     assert "could not be read" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_a_second_writer_waits_then_says_the_catalogue_is_busy(
+    stars: Path, checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    catalogue = tmp_path / "archive.sqlite"
+    build(stars, checkpoint, catalogue)
+    monkeypatch.setattr("megastarid.identification.store.BUSY_TIMEOUT", 0.2)
+    with open_catalogue(catalogue) as first, first.transaction():
+        with pytest.raises(UserError, match="is busy: another build is writing to it"):
+            build(stars, checkpoint, catalogue)

@@ -74,7 +74,9 @@ class IdentifyOptions:
 def identify(options: IdentifyOptions) -> int:
     """Check everything that can be wrong before the model loads; identify; write and print the answers."""
     device = resolve_device(options.device)
-    with open_catalogue(options.catalogue) as store:
+    if options.out.exists() and not options.out.is_dir():
+        raise UserError(f"--out {options.out} is a file, not a folder")
+    with open_catalogue(options.catalogue) as store, store.snapshot():  # one state of it throughout
         photos = collect_photos(options.photos)
         record = store.meta(MODEL)
         if record is None or not store.num_photos():

@@ -99,7 +99,7 @@ class CatalogueIndex:
     def rank(self, query: np.ndarray, k: int) -> IndividualRanking:
         """Top-``k`` individuals for each query row (L2-normalised float32) by their best photo's cosine."""
         query = np.ascontiguousarray(query, dtype=np.float32)
-        if len(query) <= HALF_MAX_QUERIES and self.num_photos >= HALF_MIN_GALLERY and self._half_ok():
+        if 0 < len(query) <= HALF_MAX_QUERIES and self.num_photos >= HALF_MIN_GALLERY and self._half_ok():
             return self._rank_preselected(query, k)
         return rank_individuals(query, self.embeddings, self.codes, k=k)
 

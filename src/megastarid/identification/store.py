@@ -159,7 +159,14 @@ class CatalogueStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (taken at once, so two builds never interleave): all of it or none."""
-        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+            raise UserError(
+                f"catalogue {self.path} is busy: another build is writing to it (waited {BUSY_TIMEOUT:.0f} s)"
+            ) from None
         try:
             yield self.con
         except BaseException:
@@ -169,7 +176,11 @@ class CatalogueStore:
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: every query inside sees the same committed state, whatever writers do."""
+        """A read transaction: every query inside sees the same committed state, whatever writers do (inside
+        another one, that one's state)."""
+        if self.con.in_transaction:
+            yield self.con
+            return
         self.con.execute("BEGIN")
         try:
             yield self.con
