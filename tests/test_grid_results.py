@@ -81,7 +81,8 @@ def test_results_table_rows_come_from_the_run_folders(tmp_path):
     assert len(table) == 9
     rows = {(r.strategy, r.loss, r.seed): r for r in table.itertuples()}
     row = rows[("pretrain_finetune", "circle", 0)]
-    assert row.status == "finished" and row.mAP == 0.70 and row._6 == 0.80  # CMC@1
+    assert row.status == "finished" and row.mAP == 0.70 and row._7 == 0.80  # CMC@1
+    assert row.val_mAP == 0.70  # the final phase's run_summary.json: the validation figure that chose
     assert row.best_epoch == 3  # from the final (finetune) phase
     assert row.wall_time_s == 110.0  # both phases
     assert row.run_folder == str(tmp_path / "pretrain_finetune-circle-seed0" / "finetune")
@@ -98,14 +99,14 @@ def test_summary_gives_mean_and_std_over_seeds_and_marks_the_best(tmp_path):
     text = (tmp_path / "grid_summary.md").read_text()
 
     assert "8 experiments (7 finished, 1 failed)" in text
-    m_ap = text.split("## Star mAP")[1].split("## Star CMC@1")[0]
+    m_ap = text.split("## Star Test mAP")[1].split("## Star Test CMC@1")[0]
     assert "| strategy | circle | triplet |" in m_ap
     # pretrain_finetune × circle: mean 0.65, sample std of (0.7, 0.6) = 0.0707; the best mAP is bold
     assert "| pretrain_finetune | **0.650 ± 0.071** (n=2) | 0.550 (n=1) |" in m_ap
     assert "| star_only | 0.400 ± 0.141 (n=2) | 0.220 ± 0.028 (n=2) |" in m_ap
-    cmc = text.split("## Star CMC@1")[1]
+    cmc = text.split("## Star Test CMC@1")[1]
     assert "**0.850 ± 0.071** (n=2)" in cmc
-    assert "Best by mAP: pretrain_finetune × circle (mAP 0.650)" in text
+    assert "Best by validation mAP: pretrain_finetune × circle (validation mAP 0.650; test mAP 0.650)" in text
     assert "`pretrain_finetune-triplet-seed1` failed: finetune: loading... | megastarid: error:" in text
 
 
@@ -116,8 +117,26 @@ def test_ties_for_best_are_all_marked(tmp_path):
     config = GridConfig(strategies=("star_only", "cotrain"), losses=("circle",), output_dir=tmp_path)
     write_results(build_plan(config), tmp_path)
     text = (tmp_path / "grid_summary.md").read_text()
-    assert text.count("| **0.400** (n=1) |") == 2 and text.count("| **0.500** (n=1) |") == 2
-    assert "Best by mAP: star_only × circle, cotrain × circle (mAP 0.400)." in text
+    # both cells bold in the validation table and in the test mAP table, and in the CMC@1 table
+    assert text.count("| **0.400** (n=1) |") == 4 and text.count("| **0.500** (n=1) |") == 2
+    assert "Best by validation mAP: star_only × circle, cotrain × circle (validation mAP 0.400; " in text
+
+
+def test_validation_not_the_test_side_picks_the_best(tmp_path):
+    for strategy, val_map, test_map in (("star_only", 0.3, 0.9), ("cotrain", 0.6, 0.5)):
+        folder = (
+            tmp_path / f"{strategy}-circle-seed0" / ("finetune" if strategy == "star_only" else "cotrain")
+        )
+        finish(folder, test_map, 0.5, wall=1.0)
+        summary = json.loads((folder / "run_summary.json").read_text())
+        (folder / "run_summary.json").write_text(json.dumps({**summary, "best_metric": val_map}))
+    config = GridConfig(strategies=("star_only", "cotrain"), losses=("circle",), output_dir=tmp_path)
+    results = write_results(build_plan(config), tmp_path)
+    assert sorted(results["val_mAP"]) == [0.3, 0.6]
+    text = (tmp_path / "grid_summary.md").read_text()
+    assert "Best by validation mAP: cotrain × circle (validation mAP 0.600; test mAP 0.500)." in text
+    test_table = text.split("## Star Test mAP")[1].split("## Star Test CMC@1")[0]
+    assert "| star_only | 0.900 (n=1) |" in test_table and "| cotrain | **0.500** (n=1) |" in test_table
 
 
 def test_plot_is_written_even_before_anything_finished(tmp_path):

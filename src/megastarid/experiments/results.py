@@ -26,13 +26,17 @@ RESULT_COLUMNS = (
     "loss",
     "seed",
     "status",
+    "val_mAP",
     *METRICS,
     "best_epoch",
     "wall_time_s",
     "run_folder",
     "error",
 )
-SUMMARY_METRICS = ("mAP", "CMC@1")
+#: the summary's tables: the validation mAP that ranks the experiments, then the test figures beside it
+SUMMARY_METRICS = ("val_mAP", "mAP", "CMC@1")
+#: what chooses the best experiment: validation, never the test side (DESIGN §3)
+RANK_BY = "val_mAP"
 RESULTS_CSV = "grid_results.csv"
 SUMMARY_MD = "grid_summary.md"
 RESULTS_PNG = "grid_results.png"
@@ -45,7 +49,7 @@ def star_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
-    shown = [name for name in SUMMARY_METRICS if not math.isnan(metrics[name])]
+    shown = [name for name in ("mAP", "CMC@1") if not math.isnan(metrics[name])]
     return ", ".join(f"star {name} {metrics[name]:.3f}" for name in shown) or "no star metrics"
 
 
@@ -81,6 +85,7 @@ def experiment_row(experiment: Experiment) -> dict[str, object]:
     row.update(star_metrics(final) if finished else dict.fromkeys(METRICS, math.nan))
     summaries = [read_json(phase.run_dir / RUN_SUMMARY_JSON) or {} for phase in experiment.phases]
     best_epoch = summaries[-1].get("best_epoch") if finished else None
+    row["val_mAP"] = _as_float(summaries[-1].get("best_metric")) if finished else math.nan
     row["best_epoch"] = int(best_epoch) if isinstance(best_epoch, int | float) else pd.NA
     row["wall_time_s"] = (
         round(sum(_as_float(s.get("wall_time_s")) for s in summaries), 1) if finished else math.nan
@@ -119,10 +124,15 @@ def _cell(row: pd.Series, metric: str, best: bool) -> str:
     return f"{text} (n={row['n']})"
 
 
+def best_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The strategy × loss cells tied for the best mean validation mAP."""
+    means = summary[f"{RANK_BY}_mean"]
+    return summary[means == means.max()]
+
+
 def _table(summary: pd.DataFrame, metric: str) -> list[str]:
     losses = list(dict.fromkeys(summary["loss"]))
-    means = summary[f"{metric}_mean"]
-    best = set(summary.index[means == means.max()])  # every cell tied for best
+    best = set(best_rows(summary).index)  # every cell tied for the best validation mAP
     lines = ["| strategy | " + " | ".join(losses) + " |", "|---|" + "---|" * len(losses)]
     for strategy in dict.fromkeys(summary["strategy"]):
         cells = []
@@ -141,17 +151,20 @@ def summary_markdown(results: pd.DataFrame, output_dir: Path) -> str:
         "# Grid search summary",
         "",
         f"Output folder `{output_dir}`: {plural(len(results), 'experiment')} ({status_text}).",
-        "Star query numbers of the final phase's best checkpoint, mean ± std over seeds "
-        "(n = finished seeds); **bold** = best.",
+        "The final phase's chosen checkpoint, mean ± std over seeds (n = finished seeds): its validation "
+        "mAP, which ranks the experiments (**bold** = best), and its test-side (query) numbers, scored once "
+        "and never used to choose.",
     ]
     if counts.get("finished", 0):
         summary = summarize(results)
+        titles = {"val_mAP": "Validation mAP (ranks)", "mAP": "Test mAP", "CMC@1": "Test CMC@1"}
         for metric in SUMMARY_METRICS:
-            lines += ["", f"## Star {metric}", "", *_table(summary, metric)]
-        means = summary["mAP_mean"]
-        top = summary[means == means.max()]
+            lines += ["", f"## Star {titles[metric]}", "", *_table(summary, metric)]
+        top = best_rows(summary)
         names = ", ".join(f"{row.strategy} × {row.loss}" for row in top.itertuples())
-        lines += ["", f"Best by mAP: {names} (mAP {means.max():.3f})."]
+        best_val = top[f"{RANK_BY}_mean"].max()
+        figures = ", ".join(f"{value:.3f}" for value in top["mAP_mean"])
+        lines += ["", f"Best by validation mAP: {names} (validation mAP {best_val:.3f}; test mAP {figures})."]
     else:
         lines += ["", "No experiment has finished yet."]
     unfinished = results[results["status"] != "finished"]
