@@ -347,6 +347,22 @@ def test_a_second_writer_waits_then_says_the_catalogue_is_busy(
     catalogue = tmp_path / "archive.sqlite"
     build(stars, checkpoint, catalogue)
     monkeypatch.setattr("megastarid.identification.store.BUSY_TIMEOUT", 0.2)
-    with open_catalogue(catalogue) as first, first.transaction():
-        with pytest.raises(UserError, match="is busy: another build is writing to it"):
-            build(stars, checkpoint, catalogue)
+    busy = pytest.raises(UserError, match="is busy: another build is writing to it")
+    with open_catalogue(catalogue) as first, first.transaction(), busy:
+        build(stars, checkpoint, catalogue)
+
+
+def test_info_as_json_and_a_damaged_catalogue(stars: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    catalogue = tmp_path / "archive.sqlite"
+    build(stars, checkpoint, catalogue)
+    capsys.readouterr()
+    assert run("catalogue", "info", "--catalogue", catalogue, "--json") == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert (facts["individuals"], facts["photos"], facts["outings"]) == (4, 16, 8)
+    assert (facts["first_date"], facts["last_date"]) == ("2024-01-01", "2024-05-01")
+    assert facts["model"]["fingerprint"]["backbone"] == BACKBONE
+    with sqlite3.connect(catalogue) as con:
+        con.execute("PRAGMA foreign_keys = OFF")
+        con.execute("DELETE FROM embeddings WHERE photo_id = 3")
+    with open_catalogue(catalogue) as store, pytest.raises(UserError, match="damaged: photos and embeddings"):
+        store.load_index()
