@@ -54,6 +54,6 @@ def test_finetune_on_two_cpu_processes(tmp_path: Path) -> None:
     assert summary["status"] == "finished" and summary["epochs_completed"] == 1
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == [0, 1]
-    assert history["loss"].iloc[1:].notna().all() and history["star_mAP"].notna().all()
+    assert history["loss"].iloc[1:].notna().all() and history["val_star_mAP"].notna().all()
     assert (run / "star_evaluation_summary.json").is_file()
-    assert result.stderr.count("done: best star_mAP") == 1  # only rank 0 reports and writes
+    assert result.stderr.count("done: best val_star_mAP") == 1  # only rank 0 reports and writes

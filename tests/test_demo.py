@@ -39,9 +39,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys) -> None:
         out / "demo_summary.json",
     ):
         assert str(path) in printed and path.is_file()
-    assert "before fine-tuning (epoch 0)" in printed
+    for name in ("star_openset_summary.json", "calibration.json", "openset_curve.png", "reliability.png"):
+        assert name in printed and (fine / name).is_file()
+    assert "before fine-tuning" in printed and "Star split time-cut" in printed
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert set(summary) >= {"wall_time_s", "epoch0_mAP", "final_mAP", "final_CMC@1"}
+    assert set(summary) >= {"wall_time_s", "before_mAP", "final_mAP", "final_CMC@1", "openset"}
+    opened = summary["openset"]
+    assert opened["new_queries"] > 0 and 0 <= opened["BAUS"] <= 1 and 0 <= opened["AUROC"] <= 1
+    assert f"BAKS {opened['BAKS']:.3f}, BAUS {opened['BAUS']:.3f}" in printed
     start = load_checkpoint(fine / "last.pth")["config"]["checkpoint"]
     assert start == str(out / "pretrain" / "best.pth")  # fine-tuned from the pre-trained model
     assert demo.main(argv) == 0  # a second demo replaces the first

@@ -59,7 +59,7 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[s
     pre, fine = tmp_path / "pre", tmp_path / "fine"
     assert pretrain.main(["--output-dir", str(pre), "--wildlife-root", str(data["wildlife"]), *TINY]) == 0
     history = pd.read_csv(pre / "history.csv")
-    assert history["epoch"].tolist() == [0, 1] and "wildlife_mAP" in history
+    assert history["epoch"].tolist() == [0, 1] and "val_wildlife_mAP" in history  # chosen by validation
     assert read_summary(pre)["status"] == "finished"
     assert (pre / "wildlife_evaluation_summary.json").is_file()  # validation report of best.pth
     assert yaml.safe_load((pre / "config.yaml").read_text())["backbone"] == "test_resnet"
@@ -83,7 +83,11 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[s
     columns = pd.read_csv(fine / "star_identity_metrics.csv").columns.tolist()
     assert columns[:2] == ["identity", "folder"] and "CMC@20" in columns
     report = json.loads((fine / "star_evaluation_summary.json").read_text())
-    assert report["mAP"] == pytest.approx(summary["best_metric"], abs=1e-6)  # the report is of best.pth
+    history = pd.read_csv(fine / "history.csv").set_index("epoch")
+    assert summary["metric"] == "val_star_mAP"  # validation chose best.pth, the test side was scored once
+    assert history.loc[summary["best_epoch"], "val_star_mAP"] == pytest.approx(summary["best_metric"])
+    assert report["checkpoint"].endswith("best.pth") and report["mAP"] is not None
+    assert not any(column.startswith("test_") for column in history.columns)  # no --monitor-test
 
 
 @pytest.mark.slow
@@ -102,7 +106,7 @@ def test_cotrain_mixes_both_sets(tmp_path: Path, data: dict[str, Path]) -> None:
     ]
     assert cotrain.main(argv) == 0
     history = pd.read_csv(run / "history.csv")
-    assert history["epoch"].tolist() == [0, 1] and history["star_mAP"].notna().all()
+    assert history["epoch"].tolist() == [0, 1] and history["val_star_mAP"].notna().all()
     assert (run / "star_evaluation_summary.json").is_file()
     assert load_checkpoint(run / "last.pth")["config"]["star_batch_ratio"] == 0.5
 

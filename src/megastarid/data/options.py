@@ -15,7 +15,7 @@ import pandas as pd
 import tyro
 
 from megastarid.core.errors import UserError
-from megastarid.core.options import NamesOrNone
+from megastarid.core.options import NamesOrNone, Options
 from megastarid.data.splits import SplitPlan
 
 
@@ -42,7 +42,23 @@ class WildlifeOptions:
 
 
 @dataclass
-class SplitOptions:
+class ValidationOptions(Options):
+    """How much of the train side becomes validation: it chooses, it never trains (DESIGN §3)."""
+
+    val_fraction: float = 0.1
+    """validation photos carved from the train side, as a share of the train photos (stars: each identity's
+    latest train outing, and under the open protocols a few whole identities; WildlifeReID-10k: one photo
+    of identities that can spare one, per source dataset); validation chooses best.pth, early stopping and
+    the calibration (0: no validation, best.pth is the last epoch)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be at least 0 and below 1, got {self.val_fraction}")
+
+
+@dataclass
+class SplitOptions(ValidationOptions):
     """How star_dataset is split into train (the gallery), validation and test (DESIGN §3)."""
 
     split: Literal["temporal", "time-cut", "identity-holdout"] = "temporal"
@@ -55,12 +71,9 @@ class SplitOptions:
     """identity-holdout: share of the identities moved whole to the test side"""
     gallery_fraction: float = 0.8
     """share of each identity's outings (oldest first) on the train/gallery side of the temporal split"""
-    val_fraction: float = 0.1
-    """validation photos carved from the train side (its latest outings, and under the open protocols a few
-    whole identities), as a share of the train photos; validation chooses best.pth, early stopping and the
-    calibration (0: no validation, best.pth is the last epoch)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.split_plan()
 
     def split_plan(self) -> SplitPlan:

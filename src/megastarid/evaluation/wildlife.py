@@ -7,6 +7,7 @@ confusion with another dataset's animal counts against it (identities are datase
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from megastarid.core.files import write_json
+from megastarid.core.files import atomic_write_all
 from megastarid.core.runfiles import WILDLIFE_DATASET_CSV, WILDLIFE_SUMMARY_JSON
 from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.reports import (
@@ -26,9 +27,9 @@ from megastarid.evaluation.reports import (
     query_table,
     rank_stats,
     summary,
-    write_csv,
+    text_writer,
 )
-from megastarid.evaluation.star import embed_catalogue, embedding_facts, rank_embeddings
+from megastarid.evaluation.star import TEST_SIDES, embed_catalogue, embedding_facts, rank_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,13 @@ def evaluate_wildlife_embeddings(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / WILDLIFE_SUMMARY_JSON, result, default=str)
-        write_csv(out_dir / WILDLIFE_DATASET_CSV, table)
+        summary_text = json.dumps(result, indent=2, default=str) + "\n"
+        atomic_write_all(  # both or neither
+            {
+                out_dir / WILDLIFE_SUMMARY_JSON: text_writer(summary_text),
+                out_dir / WILDLIFE_DATASET_CSV: text_writer(table.to_csv(index=False)),
+            }
+        )
     log.info(
         "wildlife evaluation: mAP %s, CMC@1 %s over %d scored queries in %d datasets",
         result["mAP"],
@@ -112,10 +118,13 @@ def evaluate_wildlife(
     tta: bool = False,
     batch_size: int = 64,
     num_workers: int = 0,
+    sides: tuple[tuple[str, ...], tuple[str, ...]] = TEST_SIDES,
 ) -> dict:
-    """Embed a WildlifeReID-10k catalogue (official split) with ``model``; evaluate overall, per dataset."""
+    """Embed a WildlifeReID-10k catalogue (official split) with ``model``; evaluate overall, per dataset:
+    the official test split against the whole train split, or with ``sides=VALIDATION_SIDES`` the
+    validation slice against the rest of the train split."""
     embeddings, queries, unreadable = embed_catalogue(
-        model, catalogue, image_size, device, tta, batch_size, num_workers
+        model, catalogue, image_size, device, tta, batch_size, num_workers, sides
     )
     return evaluate_wildlife_embeddings(
         embeddings,

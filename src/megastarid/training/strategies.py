@@ -18,6 +18,7 @@ from megastarid.training.tasks import (
     star_evaluator,
     star_report,
     star_train_set,
+    validation_metric,
     wildlife_catalogue,
     wildlife_evaluator,
     wildlife_report,
@@ -28,7 +29,7 @@ from megastarid.training.trainer import TrainTask, fit
 
 def pretrain_task(cfg: PretrainConfig) -> TrainTask:
     """Wildlife training images (official train split), P x K batches, judged by wildlife validation mAP."""
-    catalogue = wildlife_catalogue(cfg)
+    catalogue = wildlife_catalogue(cfg, cfg.val_fraction)
     data = wildlife_train_set(catalogue, cfg)
     return TrainTask(
         name="pretrain",
@@ -37,7 +38,7 @@ def pretrain_task(cfg: PretrainConfig) -> TrainTask:
         make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
         evaluate=wildlife_evaluator(catalogue, cfg),
-        metric="wildlife_mAP",
+        metric=validation_metric(catalogue, cfg, "wildlife"),
         final_report=wildlife_report(catalogue, cfg),
     )
 
@@ -53,7 +54,7 @@ def finetune_task(cfg: FinetuneConfig) -> TrainTask:
         make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
         evaluate=star_evaluator(catalogue, cfg),
-        metric="star_mAP",
+        metric=validation_metric(catalogue, cfg, "star"),
         final_report=star_report(catalogue, cfg),
     )
 
@@ -83,7 +84,7 @@ def cotrain_task(cfg: CotrainConfig) -> TrainTask:
         make_sampler=make_sampler,
         build_model=model_factory(cfg),
         evaluate=star_evaluator(catalogue, cfg),
-        metric="star_mAP",
+        metric=validation_metric(catalogue, cfg, "star"),
         final_report=star_report(catalogue, cfg),
     )
 

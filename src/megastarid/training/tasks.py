@@ -23,9 +23,10 @@ from megastarid.data.catalogue import identity_codes
 from megastarid.data.datasets import ImageDataset
 from megastarid.data.samplers import PKBatchSampler
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
+from megastarid.data.splits import carve_wildlife_validation
 from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, build_wildlife_train_transform
-from megastarid.evaluation.star import evaluate_star
+from megastarid.evaluation.star import VALIDATION_SIDES, evaluate_star, split_sides
 from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOptions
 from megastarid.training.models import (
@@ -53,15 +54,18 @@ def star_catalogue(cfg: FinetuneConfig) -> pd.DataFrame:
     root = Path(cfg.star_root) if cfg.star_root is not None else ensure_synthetic("stars")
     if cfg.star_root is None and cfg.star_csv is not None:
         raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
-    return load_star_catalogue(root, cfg.star_csv)
+    return load_star_catalogue(root, cfg.star_csv, cfg.split_plan())
 
 
-def wildlife_catalogue(cfg: WildlifeOptions) -> pd.DataFrame:
-    """WildlifeReID-10k at ``--wildlife-root`` (filtered), else the built-in synthetic wildlife set."""
+def wildlife_catalogue(cfg: WildlifeOptions, val_fraction: float = 0.0) -> pd.DataFrame:
+    """WildlifeReID-10k at ``--wildlife-root`` (filtered), else the built-in synthetic wildlife set, with a
+    validation slice of ``val_fraction`` carved from its official train split (pre-training chooses by
+    it; co-training is judged on stars and trains on the whole train split)."""
     root = Path(cfg.wildlife_root) if cfg.wildlife_root is not None else ensure_synthetic("wildlife")
-    return load_wildlife_catalogue(
+    catalogue = load_wildlife_catalogue(
         root, datasets=cfg.wildlife_datasets or None, species=cfg.wildlife_species or None
     )
+    return carve_wildlife_validation(catalogue, val_fraction)
 
 
 def train_set(
@@ -145,42 +149,71 @@ def _metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
-def star_evaluator(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Module, torch.device], dict]:
-    """Star retrieval on the temporal split (queries vs gallery), nothing written."""
+Scorer = Callable[..., dict[str, Any]]
+
+
+def has_validation(catalogue: pd.DataFrame) -> bool:
+    return bool((catalogue["split"] == "val").any())
+
+
+def validation_metric(catalogue: pd.DataFrame, cfg: TrainConfig, name: str) -> str | None:
+    """The history key that chooses best.pth (``val_star_mAP``), or None without a validation side (then
+    the last epoch is kept, and early stopping, which needs a choice, is refused)."""
+    if has_validation(catalogue):
+        return f"val_{name}_mAP"
+    if cfg.patience:
+        raise UserError(f"--patience needs a validation side, and the {name} set has none (--val-fraction)")
+    log.warning("no validation photos in the %s set (--val-fraction): best.pth will be the last epoch", name)
+    return None
+
+
+def side_evaluator(
+    score: Scorer, catalogue: pd.DataFrame, cfg: TrainConfig, name: str
+) -> Callable[[nn.Module, torch.device], dict]:
+    """What the trainer measures at every evaluation, nothing written: validation against the train rows
+    (``val_<name>_*``, the figures that choose), and with ``--monitor-test`` the test side against the
+    whole gallery (``test_<name>_*``, recorded only)."""
+    validate = has_validation(catalogue)
 
     def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
-        summary = evaluate_star(
-            model,
-            catalogue,
-            None,
-            cfg.image_size,
-            device,
-            batch_size=cfg.eval_batch_size,
-            num_workers=cfg.workers,
-        )
-        return _metrics(summary, "star_")
+        common = {"batch_size": cfg.eval_batch_size, "num_workers": cfg.workers}
+        metrics: dict[str, float] = {}
+        if validate:
+            metrics |= _metrics(
+                score(model, catalogue, cfg.image_size, device, sides=VALIDATION_SIDES, **common),
+                f"val_{name}_",
+            )
+        if cfg.monitor_test:
+            metrics |= _metrics(score(model, catalogue, cfg.image_size, device, **common), f"test_{name}_")
+        return metrics
 
     return evaluate
+
+
+def _score_star(
+    model: nn.Module, catalogue: pd.DataFrame, image_size: int, device: torch.device, **kw: Any
+) -> dict:
+    return evaluate_star(model, catalogue, None, image_size, device, **kw)
+
+
+def star_evaluator(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Module, torch.device], dict]:
+    """Star retrieval of the temporal or open split's validation side (and test side when monitored)."""
+    return side_evaluator(_score_star, catalogue, cfg, "star")
 
 
 def wildlife_evaluator(
     catalogue: pd.DataFrame, cfg: TrainConfig
 ) -> Callable[[nn.Module, torch.device], dict]:
-    """WildlifeReID-10k validation (official test split vs train split), nothing written."""
-
-    def evaluate(model: nn.Module, device: torch.device) -> dict[str, float]:
-        summary = evaluate_wildlife(
-            model, catalogue, cfg.image_size, device, batch_size=cfg.eval_batch_size, num_workers=cfg.workers
-        )
-        return _metrics(summary, "wildlife_")
-
-    return evaluate
+    """WildlifeReID-10k retrieval of the validation slice (and the official test split when monitored)."""
+    return side_evaluator(evaluate_wildlife, catalogue, cfg, "wildlife")
 
 
 def wildlife_report(
     catalogue: pd.DataFrame, cfg: TrainConfig
 ) -> Callable[[nn.Module, torch.device, Path], dict]:
     """The wildlife validation reports (overall and per source dataset) of the best checkpoint."""
+
+    split_sides(catalogue, "the wildlife set")  # a side missing is refused now, not after training
 
     def report(model: nn.Module, device: torch.device, out_dir: Path) -> dict:
         return evaluate_wildlife(
@@ -198,8 +231,13 @@ def wildlife_report(
     return report
 
 
-def star_report(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Module, torch.device, Path], dict]:
-    """The star_* report files of DESIGN §2, written into the run folder from the best checkpoint."""
+def star_report(
+    catalogue: pd.DataFrame, cfg: FinetuneConfig
+) -> Callable[[nn.Module, torch.device, Path], dict]:
+    """The star_* report files of DESIGN §2 for the test side, scored once from the chosen checkpoint,
+    with calibration.json fitted on validation and the open-set report."""
+
+    split_sides(catalogue, "star_dataset")  # no query (test) side is refused now, not after training
 
     def report(model: nn.Module, device: torch.device, out_dir: Path) -> dict:
         return evaluate_star(
@@ -212,6 +250,7 @@ def star_report(catalogue: pd.DataFrame, cfg: TrainConfig) -> Callable[[nn.Modul
             options=cfg.to_dict(),
             batch_size=cfg.eval_batch_size,
             num_workers=cfg.workers,
+            openset=cfg.openset_settings(),
         )
 
     return report
