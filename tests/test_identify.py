@@ -86,7 +86,7 @@ def test_identify_reproduces_cmc1_and_flags_new_individuals_by_the_open_set_rule
     )
     document = json.loads((out / MATCHES_JSON).read_text())
     by_photo = {q["photos"][0]["path"]: q for q in document["queries"]}
-    assert list(by_photo) == photos  # one query per photo, in the order given
+    assert list(by_photo) == sorted(photos)  # one query per photo, sorted by encounter (here: the photo)
 
     # the same embeddings, computed independently: the catalogue's stored ones and the queries' own
     with open_catalogue(built.catalogue) as store:

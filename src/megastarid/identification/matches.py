@@ -6,7 +6,7 @@
 - ``catalogue``: path, root, individuals, photos, model fingerprint, calibration (τ, accept level,
   method, where it came from) or null;
 - ``options``: top_k, encounter_by, the pooling rule; ``verdicts``: what each verdict means; ``counts``;
-- ``queries``: one per encounter (a single photo with ``--encounter-by none``), in encounter order, each
+- ``queries``: one per encounter (a single photo with ``--encounter-by none``), sorted by encounter, each
   with ``id`` (1, 2, ...), ``encounter``, ``verdict``, ``photos`` [{path, sha256}] and ``candidates``
   [{rank, identity, score, probability, photo_scores (one per photo), first_seen, last_seen, num_photos,
   best_photo {path, relative_path, outing, date, score, query_photo}, other_photos [{path, relative_path,
