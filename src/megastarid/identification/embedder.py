@@ -113,8 +113,10 @@ class Embedder:
                 num_workers=self.num_workers,
                 progress=False,
             )
-        except UserError as err:  # embed_images' only one: none of the photos could be read
-            log.debug("%s", err)
+        except UserError as err:
+            if type(err) is not UserError:  # a subclass means something else (a broken model): re-raise
+                raise
+            log.debug("%s", err)  # none of the photos could be read: every row unreadable
             return np.full((len(paths), self.fingerprint.embedding_dim), np.nan, dtype=np.float32)
 
     def record(self) -> dict[str, Any]:
