@@ -129,3 +129,21 @@ def test_wildlife_validation_comes_from_the_official_train_split() -> None:
     assert (out["split"] == "test").sum() == (df["split"] == "test").sum()
     assert val["identity"].is_unique and val["path"].str.endswith("/3.jpg").all()  # the latest train photo
     assert carve_wildlife_validation(df, val_fraction=0.1, seed=0)["split"].equals(out["split"])
+
+
+def test_data_check_shows_the_protocol_and_the_validation_side(tmp_path: Path, capsys) -> None:
+    from megastarid import cli
+
+    layout = {f"star{i}": {day: 2 for day in DAYS} for i in range(6)}
+    layout |= {"recruit": {DAYS[3]: 2, DAYS[4]: 2}}
+    root = make_star_tree(tmp_path / "stars", {"Bay": layout}, size=(16, 16))
+    argv = ["data", "check", "--star-root", str(root), "--no-open", "--split", "time-cut"]
+    assert cli.main([*argv, "--cut-date", "2024-01-01", "--val-fraction", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol     time-cut, cut 2024-01-01" in out
+    assert "validation   " in out and "held out whole as pseudo-new" in out
+    assert "1 query identities have no gallery photo (new individuals" in out
+    assert cli.main([*argv, "--cut-date", "someday"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "megastarid: error: --cut-date must be a date such as 2024-03-23, got 'someday'"
+    )
