@@ -9,16 +9,22 @@ every output, checkpoints included, gets the mode any other new file of the prog
 
 Text is UTF-8 with ``errors="surrogateescape"``: a Linux file name may hold bytes that are not UTF-8
 (Python keeps them as lone surrogates), and such a name must still fit in a CSV or a list of paths.
+
+``atomic_write_all`` writes a set of files (a report set) all or nothing: every temp file is filled
+before the first rename. ``remove_stale_temps`` clears the temp files a killed writer left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from megastarid.core.errors import UserError
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -26,9 +32,14 @@ ERRORS = "surrogateescape"
 _NAME_BYTES = 200
 
 
+def _temp_stem(name: str) -> str:
+    """The part of a temp file's name taken from its target's name."""
+    return os.fsdecode(os.fsencode(name)[:_NAME_BYTES])
+
+
 def _create_temp(path: Path) -> tuple[Path, int]:
     """A new empty file next to ``path``, opened for writing; mode 0o666 minus the umask."""
-    stem = os.fsdecode(os.fsencode(path.name)[:_NAME_BYTES])
+    stem = _temp_stem(path.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
         tmp = path.with_name(f".{stem}.{secrets.token_hex(4)}.tmp")
@@ -61,6 +72,63 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     return path
 
 
+def atomic_write_all(writers: Mapping[Path, Callable[[Path], object]]) -> list[Path]:
+    """Write several files all or nothing: each ``write(tmp)`` fills its temp file (as in ``atomic_write``)
+    and only when every one is written and on disk are they renamed over their targets, in order.
+
+    A failure while writing (an exception from any ``write``, a full disk) removes every temp file and
+    leaves every target as it was; returns the targets.
+    """
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writers.items():
+            tmp, fd = _create_temp(Path(path))
+            temps.append((tmp, Path(path)))
+            try:
+                write(tmp)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [path for _, path in temps]
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Remove the temp files (``.NAME.<8 hex>.tmp``) that writes of ``names`` killed mid-way left in
+    ``folder``; nothing else is touched. Call it only while no writer of those names runs (under the run
+    folder's lock). Returns the removed files."""
+    stems = "|".join(re.escape(_temp_stem(name)) for name in names)
+    if not stems:
+        return []
+    pattern = re.compile(rf"\.(?:{stems})\.[0-9a-f]{{8}}\.tmp")
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """Create ``path`` (and its parents) and prove a file can be written there, before any work is done;
+    else a one-line ``UserError`` naming ``option`` and the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _create_temp(path / "write-test")
+        os.close(fd)
+        tmp.unlink()
+    except OSError as err:
+        raise UserError(f"{option} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Replace ``path`` with ``text`` (UTF-8, surrogate-escaped bytes written back as they were)."""
 
@@ -85,3 +153,37 @@ def append_text(path: str | os.PathLike[str], text: str) -> None:
 def read_text(path: str | os.PathLike[str]) -> str:
     """Read a file written by this module, surrogate-escaped bytes included."""
     return Path(path).read_text(encoding=ENCODING, errors=ERRORS)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+_UNESCAPES = {"\\\\": "\\", "\\n": "\n", "\\r": "\r"}
+
+
+def escape_line(text: str) -> str:
+    """``text`` on one line: a backslash, newline or carriage return (all legal in a Linux file name)
+    becomes ``\\\\``, ``\\n`` or ``\\r``, so a list of names stays one name a line."""
+    return re.sub(r"[\\\n\r]", lambda m: _ESCAPES[m.group()], text)
+
+
+def unescape_line(line: str) -> str:
+    """The inverse of ``escape_line``."""
+    return re.sub(r"\\[\\nr]", lambda m: _UNESCAPES[m.group()], line)
+
+
+def append_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> None:
+    """Append each of ``lines`` as one escaped line (``escape_line``) to a log-like file."""
+    append_text(path, "".join(escape_line(line) + "\n" for line in lines))
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines ``append_lines`` wrote, unescaped; [] when the file does not exist."""
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        return []
+    return [unescape_line(line) for line in text.split("\n") if line]
+
+
+def display_text(text: str) -> str:
+    """``text`` for a plot or a terminal: bytes that are not UTF-8 (lone surrogates) shown as U+FFFD."""
+    return text.encode(ENCODING, ERRORS).decode(ENCODING, "replace")

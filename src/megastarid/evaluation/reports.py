@@ -7,9 +7,11 @@ skipped queries are counted in the summary. ``std_rank`` is the population stand
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pandas.api.typing import DataFrameGroupBy
 
-from megastarid.core.files import atomic_write, atomic_write_text, write_json
+from megastarid.core.files import (
+    ENCODING,
+    ERRORS,
+    atomic_write,
+    atomic_write_all,
+    atomic_write_text,
+    display_text,
+)
 from megastarid.core.runfiles import (
     CMC_PNG,
     FOLDER_PNG,
@@ -127,6 +136,11 @@ def _finite_or_none(value: float) -> float | None:
 
 def plot_cmc(results: QueryResults, path: Path, max_k: int = CMC_CURVE_MAX_K) -> Path:
     """CMC@1..max_k as a step curve."""
+    return _save_figure(cmc_figure(results, max_k), path)
+
+
+def cmc_figure(results: QueryResults, max_k: int = CMC_CURVE_MAX_K) -> Figure:
+    """The CMC curve's figure (``plot_cmc`` without the file)."""
     ks = list(range(1, max_k + 1))
     curve = cmc(results, ks)
     fig = Figure(figsize=(6, 4), layout="constrained")
@@ -136,11 +150,17 @@ def plot_cmc(results: QueryResults, path: Path, max_k: int = CMC_CURVE_MAX_K) ->
     ax.set_title(f"CMC (mAP {mean_ap(results):.3f}, {results.num_scored} scored queries)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return fig
 
 
 def plot_folders(folders: pd.DataFrame, path: Path) -> Path:
     """Horizontal bars of mAP and CMC@1 per outing folder, sorted by mAP (worst at the bottom)."""
+    return _save_figure(folders_figure(folders), path)
+
+
+def folders_figure(folders: pd.DataFrame) -> Figure:
+    """The per-folder figure (``plot_folders`` without the file); ``folders`` needs a CMC@1 column.
+    Folder names that are not UTF-8 (a Linux name may hold any bytes) are drawn with U+FFFD."""
     table = folders.sort_values(["mAP", "folder"], ascending=[True, False])
     height = min(80.0, 1.5 + 0.28 * max(1, len(table)))
     fig = Figure(figsize=(8, height), layout="constrained")
@@ -148,14 +168,31 @@ def plot_folders(folders: pd.DataFrame, path: Path) -> Path:
     y = np.arange(len(table))
     ax.barh(y + 0.2, table["mAP"], height=0.4, label="mAP")
     ax.barh(y - 0.2, table[cmc_column(1)], height=0.4, label="CMC@1")
-    ax.set_yticks(y, table["folder"], fontsize=7)
+    ax.set_yticks(y, [display_text(str(folder)) for folder in table["folder"]], fontsize=7)
     ax.set(xlim=(0, 1), xlabel="score")
     fig.legend(loc="outside upper right", ncols=2, title="per query outing folder, sorted by mAP")
-    return _save_figure(fig, path)
+    return fig
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure rendered as a PNG in memory (so a failing plot fails before any file is written)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    return buffer.getvalue()
+
+
+def bytes_writer(data: bytes) -> Callable[[Path], object]:
+    """An ``atomic_write``/``atomic_write_all`` writer of ``data``."""
+    return lambda tmp: tmp.write_bytes(data)
+
+
+def text_writer(text: str) -> Callable[[Path], object]:
+    """A writer of ``text`` in the encoding of ``core.files`` (non-UTF-8 file names survive)."""
+    return bytes_writer(text.encode(ENCODING, ERRORS))
 
 
 def write_csv(path: Path, table: pd.DataFrame) -> Path:
@@ -164,18 +201,30 @@ def write_csv(path: Path, table: pd.DataFrame) -> Path:
 
 
 def write_reports(
-    out_dir: Path, queries: pd.DataFrame, results: QueryResults, summary_dict: dict, ks: Sequence[int]
+    out_dir: Path,
+    queries: pd.DataFrame,
+    results: QueryResults,
+    summary_dict: dict,
+    ks: Sequence[int],
+    extra: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> list[Path]:
-    """Write the per-query/identity/folder CSVs, the summary JSON and both plots; return their paths."""
+    """Write the per-query/identity/folder CSVs, the summary JSON and both plots (and ``extra``: file name
+    -> writer, e.g. the embeddings) as one set; return their paths.
+
+    Everything is computed and rendered first, then written with ``atomic_write_all``: the set is written
+    whole or not at all, for any ``ks`` (the folder plot's CMC@1 is computed even when ``ks`` lacks 1).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     folders = folder_table(queries, ks)
-    written = [
-        write_csv(out_dir / STAR_QUERY_CSV, queries),
-        write_csv(out_dir / STAR_IDENTITY_CSV, identity_table(queries, ks)),
-        write_csv(out_dir / STAR_FOLDER_CSV, folders),
-        write_json(out_dir / STAR_SUMMARY_JSON, summary_dict, default=str),
-        plot_cmc(results, out_dir / CMC_PNG, max(CMC_CURVE_MAX_K, *ks)),
-        plot_folders(folders, out_dir / FOLDER_PNG),
-    ]
-    return written
+    plotted = folders if 1 in ks else folder_table(queries, sorted({1, *ks}))
+    files: dict[Path, Callable[[Path], object]] = {
+        out_dir / STAR_QUERY_CSV: text_writer(queries.to_csv(index=False)),
+        out_dir / STAR_IDENTITY_CSV: text_writer(identity_table(queries, ks).to_csv(index=False)),
+        out_dir / STAR_FOLDER_CSV: text_writer(folders.to_csv(index=False)),
+        out_dir / STAR_SUMMARY_JSON: text_writer(json.dumps(summary_dict, indent=2, default=str) + "\n"),
+        out_dir / CMC_PNG: bytes_writer(png_bytes(cmc_figure(results, max(CMC_CURVE_MAX_K, *ks)))),
+        out_dir / FOLDER_PNG: bytes_writer(png_bytes(folders_figure(plotted))),
+    }
+    files.update({out_dir / name: write for name, write in (extra or {}).items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_all(files)

@@ -184,10 +184,7 @@ def evaluate_star(
     embeddings, _, unreadable = embed_catalogue(
         model, catalogue, image_size, device, tta, batch_size, num_workers
     )
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_embeddings(Path(out_dir) / STAR_EMBEDDINGS_NPZ, embeddings)
-    return evaluate_embeddings(
+    result = evaluate_embeddings(
         embeddings,
         out_dir,
         ks,
@@ -197,3 +194,6 @@ def evaluate_star(
         device,
         **embedding_facts(tta, image_size, unreadable),
     )
+    if out_dir is not None:  # after the reports: an evaluation that fails writes no part of its files
+        save_embeddings(Path(out_dir) / STAR_EMBEDDINGS_NPZ, embeddings)
+    return result
