@@ -14,6 +14,7 @@ import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.files import display_text
 from megastarid.core.options import flag, parse_options
 from megastarid.data.check import Source, export_split, find_unreadable, load_source, summarise
 from megastarid.data.images import BadImageError, load_rgb
@@ -72,10 +73,10 @@ def check(options: CheckOptions) -> int:
     df = load_source(source, datasets, species, options.split_plan())
     unreadable = find_unreadable(df["path"].tolist(), options.workers) if options.open else None
     lines, reasons = summarise(df, unreadable or {}, source)
-    print("\n".join(lines))
+    print(display_text("\n".join(lines)))  # a file name that is not UTF-8 must not fail the print
     if options.export_split:
         export_split(df, unreadable, options.export_split)
-        print(f"split written to {options.export_split}")
+        print(display_text(f"split written to {options.export_split}"))
     if reasons:
         raise UserError(f"{source.csv or source.root} is not usable: {reasons[0]}")
     print("usable: yes" if unreadable is not None else "usable: yes (photos not opened: --no-open)")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import append_text, read_text, write_json
+from megastarid.core.files import append_lines, read_lines, write_json
 from megastarid.core.runfiles import (
     BAD_IMAGES_TXT,
     BEST_CHECKPOINT,
@@ -391,7 +391,10 @@ class _Run:
         if self.rank0:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.dir / TENSORBOARD_DIR))
+            try:
+                self.writer = SummaryWriter(str(self.dir / TENSORBOARD_DIR))
+            except UnicodeEncodeError:  # TensorBoard takes UTF-8 folder names only
+                log.warning("no TensorBoard logs: the name of %s is not UTF-8", self.dir)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -545,7 +548,7 @@ class _Run:
         new = [i for i in bad if i not in self.bad_seen]
         self.bad_seen.update(new)
         if new:
-            append_text(self.dir / BAD_IMAGES_TXT, "".join(f"{self.task.paths[i]}\n" for i in new))
+            append_lines(self.dir / BAD_IMAGES_TXT, (self.task.paths[i] for i in new))  # escaped names
             log.warning(
                 "skipped %d unreadable image(s), e.g. %s (see bad_images.txt)",
                 len(new),
@@ -607,9 +610,8 @@ class _Run:
         self._save(LAST_CHECKPOINT)
         if self.rank0:
             write_history(self.dir / HISTORY_CSV, state.history)
-            assert self.writer is not None
             for key, value in state.history[-1].items():
-                if key != "epoch":
+                if key != "epoch" and self.writer is not None:
                     self.writer.add_scalar(key.replace("@", "_at_"), value, epoch)
             shown = ", ".join(
                 f"{k} {v:.4g}" for k, v in {**stats, **metrics}.items() if k in _SHOWN or k in metrics
@@ -627,8 +629,7 @@ class _Run:
                 model, _ = load_model_from_checkpoint(self.dir / BEST_CHECKPOINT, self.fabric.device)
                 with torch.no_grad():
                     self.task.final_report(model, self.fabric.device, self.dir)
-            bad_file = self.dir / BAD_IMAGES_TXT
-            bad = len(set(read_text(bad_file).splitlines())) if bad_file.exists() else 0
+            bad = len(set(read_lines(self.dir / BAD_IMAGES_TXT)))
             write_json(
                 self.dir / RUN_SUMMARY_JSON,
                 {
