@@ -15,9 +15,9 @@ RUN_SUMMARY_JSON = "run_summary.json"  # written last: its presence with status 
 BAD_IMAGES_TXT = "bad_images.txt"  # unreadable photos met while training, one path a line
 TRAINING_CURVES_PNG = "training_curves.png"
 TENSORBOARD_DIR = "tensorboard"
+RUN_LOCK = ".run.lock"  # held (flock) by the process running in the folder; its pid inside
 
 # ----------------------------------------------------------------- star evaluation reports
-STAR_PREFIX = "star_"  # every star_* file belongs to the star evaluation
 STAR_QUERY_CSV = "star_query_metrics.csv"
 STAR_IDENTITY_CSV = "star_identity_metrics.csv"
 STAR_FOLDER_CSV = "star_folder_metrics.csv"
@@ -37,6 +37,34 @@ RELIABILITY_PNG = "reliability.png"
 # ----------------------------------------------------------------- wildlife validation reports
 WILDLIFE_SUMMARY_JSON = "wildlife_evaluation_summary.json"
 WILDLIFE_DATASET_CSV = "wildlife_dataset_metrics.csv"
+
+#: every file a training run writes into its folder (``--overwrite`` removes exactly these, and a run that
+#: starts clears the temp files its killed writes of these left); the lock file is not one of them
+RUN_OUTPUT_FILES = (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    CONFIG_YAML,
+    HISTORY_CSV,
+    RUN_SUMMARY_JSON,
+    BAD_IMAGES_TXT,
+    TRAINING_CURVES_PNG,
+    STAR_QUERY_CSV,
+    STAR_IDENTITY_CSV,
+    STAR_FOLDER_CSV,
+    STAR_SUMMARY_JSON,
+    STAR_EMBEDDINGS_NPZ,
+    CMC_PNG,
+    FOLDER_PNG,
+    CALIBRATION_JSON,
+    STAR_OPENSET_SUMMARY_JSON,
+    STAR_OPENSET_QUERIES_CSV,
+    OPENSET_THRESHOLDS_CSV,
+    OPENSET_CURVE_PNG,
+    RELIABILITY_PNG,
+    WILDLIFE_SUMMARY_JSON,
+    WILDLIFE_DATASET_CSV,
+)
+RUN_OUTPUT_DIRS = (TENSORBOARD_DIR,)
 
 # ----------------------------------------------------------------- a grid experiment folder
 GRID_STATUS_JSON = "grid_status.json"  # written when one of the experiment's phases fails

@@ -1,33 +1,41 @@
-"""The run folder: never clobber a run silently, clear it on ``--overwrite``; its history table."""
+"""The run folder: one run at a time holds it, a run is never clobbered silently, ``--overwrite`` clears
+exactly the files a run writes; its history table.
+
+A run holds its folder with an OS lock (``flock`` on ``.run.lock``, the holder's pid inside) from before
+it writes anything until it ends; the kernel releases the lock when the process dies, however it dies, so
+a stale lock never blocks a retry.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_text
+from megastarid.core.files import atomic_write_text, remove_stale_temps
 from megastarid.core.runfiles import (
-    BAD_IMAGES_TXT,
     BEST_CHECKPOINT,
     CONFIG_YAML,
     HISTORY_CSV,
     LAST_CHECKPOINT,
     LOSS_KEYS,
-    RUN_SUMMARY_JSON,
-    STAR_PREFIX,
-    TENSORBOARD_DIR,
-    TRAINING_CURVES_PNG,
+    RUN_LOCK,
+    RUN_OUTPUT_DIRS,
+    RUN_OUTPUT_FILES,
 )
+
+log = logging.getLogger(__name__)
 
 #: files whose presence means the folder already holds a run
 RUN_MARKERS = (CONFIG_YAML, LAST_CHECKPOINT, BEST_CHECKPOINT, HISTORY_CSV)
-#: everything a run writes (star_* reports are matched by prefix)
-RUN_FILES = (*RUN_MARKERS, RUN_SUMMARY_JSON, BAD_IMAGES_TXT, TRAINING_CURVES_PNG)
-RUN_DIRS = (TENSORBOARD_DIR,)
 #: the leading history.csv columns (the metrics follow)
 HISTORY_COLUMNS = (
     "epoch",
@@ -41,7 +49,15 @@ HISTORY_COLUMNS = (
 
 
 def check_run_folder(path: Path, resume: bool, overwrite: bool) -> None:
-    """Read-only check, done before any work: a run is only replaced or continued when the user says so."""
+    """Read-only check, done before any work: a run is only replaced or continued when the user says so,
+    and never while another run holds the folder."""
+    holder = run_folder_holder(path)
+    if holder is not None:
+        raise _in_use(path, holder)
+    _check_contents(path, resume, overwrite)
+
+
+def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (path / LAST_CHECKPOINT).is_file():
             raise UserError(
@@ -57,16 +73,90 @@ def check_run_folder(path: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def prepare_run_folder(path: Path, overwrite: bool) -> None:
-    """Create the folder; with ``--overwrite`` remove only the files a run writes (never anything else)."""
-    path.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        return
-    for child in path.iterdir():
-        if child.is_file() and (child.name in RUN_FILES or child.name.startswith(STAR_PREFIX)):
-            child.unlink()
-        elif child.is_dir() and child.name in RUN_DIRS:
-            shutil.rmtree(child)
+def _in_use(path: Path, holder: str) -> UserError:
+    return UserError(
+        f"--output-dir {path} is in use by another run (pid {holder}): wait for it to end, or stop it "
+        "and --resume"
+    )
+
+
+def run_folder_holder(path: Path) -> str | None:
+    """The pid (as written in the lock file, or "unknown") of the live process holding the folder's lock;
+    None when no one holds it. Creates nothing."""
+    try:
+        fd = os.open(path / RUN_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return None
+
+
+def lock_run_folder(path: Path) -> int:
+    """Take the folder's lock without waiting; returns the open lock file (close it to release the lock).
+
+    Another live run holding it is a one-line error naming its pid; a folder where no file can be
+    created is one naming the folder.
+    """
+    lock = path / RUN_LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        raise UserError(f"--output-dir {path}: cannot write there ({err.strerror or err})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise _in_use(path, holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def hold_run_folder(path: Path, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """Create and lock the run folder for the ``with`` block, then make it ready for the run.
+
+    Under the lock: the folder is checked again (a run that finished meanwhile is not replaced), the
+    temp files of killed writes of the run's own files are removed, and ``--overwrite`` removes exactly
+    the files a run writes (``RUN_OUTPUT_FILES``, ``RUN_OUTPUT_DIRS``), never anything else.
+    """
+    check_run_folder(path, resume, overwrite)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output-dir {path}: cannot create it ({err.strerror or err})") from None
+    fd = lock_run_folder(path)
+    try:
+        _check_contents(path, resume, overwrite)  # again, now that no other run can change the folder
+        stale = remove_stale_temps(path, RUN_OUTPUT_FILES)
+        if stale:
+            log.info("removed %d temporary file(s) of interrupted writes in %s", len(stale), path)
+        if overwrite and not resume:
+            clear_run_files(path)
+        yield path
+    finally:
+        os.close(fd)
+
+
+def clear_run_files(path: Path) -> None:
+    """Remove the files and folders a run writes, by name; user files in the folder stay."""
+    for name in RUN_OUTPUT_FILES:
+        target = path / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+    for name in RUN_OUTPUT_DIRS:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:

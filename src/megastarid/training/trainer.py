@@ -56,7 +56,7 @@ from megastarid.training.models import (
     load_model_from_checkpoint,
     save_checkpoint,
 )
-from megastarid.training.runfolder import check_run_folder, prepare_run_folder, write_history
+from megastarid.training.runfolder import check_run_folder, hold_run_folder, write_history
 
 log = logging.getLogger(__name__)
 
@@ -355,24 +355,31 @@ def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
     model = task.build_model()  # before the run folder is touched: a weights problem leaves no trace
     fabric = Fabric(**options)
     fabric.launch()
-    return _Run(fabric, cfg, task, model).execute()
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+        return _Run(fabric, cfg, task, model, held).execute()
 
 
 class _Run:
     """One training run in one process (rank); the steps of ``fit`` after the processes exist."""
 
-    def __init__(self, fabric: Fabric, cfg: TrainConfig, task: TrainTask, model: EmbeddingModel) -> None:
+    def __init__(
+        self,
+        fabric: Fabric,
+        cfg: TrainConfig,
+        task: TrainTask,
+        model: EmbeddingModel,
+        held: contextlib.ExitStack,
+    ) -> None:
         self.fabric, self.cfg, self.task = fabric, cfg, task
         self.dir = Path(cfg.output_dir)
         self.rank0 = fabric.global_rank == 0
         self.started = time.perf_counter()
-        if self.rank0:
-            prepare_run_folder(self.dir, cfg.overwrite)
-            save_config(cfg, self.dir / CONFIG_YAML)
-        fabric.barrier()
+        # Everything that can fail without training comes before the run folder is touched, so a failed
+        # start leaves no config.yaml behind to refuse the retry as an existing run.
         self.sampler = task.make_sampler(fabric.global_rank, fabric.world_size)
         self.batches = _ResumableBatches(self.sampler)
         self.trainer = Trainer(fabric, model, cfg, len(self.sampler))
+        self._hold_folder(held)
         self.state = RunState()
         self.rng: torch.Tensor | None = None
         if cfg.resume:
@@ -395,6 +402,21 @@ class _Run:
                 self.writer = SummaryWriter(str(self.dir / TENSORBOARD_DIR))
             except UnicodeEncodeError:  # TensorBoard takes UTF-8 folder names only
                 log.warning("no TensorBoard logs: the name of %s is not UTF-8", self.dir)
+
+    def _hold_folder(self, held: contextlib.ExitStack) -> None:
+        """Rank 0 locks the run folder for the whole run (``held``), readies it and writes config.yaml;
+        a folder another run holds (or that cannot be written) stops every rank with rank 0's one line."""
+        error = None
+        if self.rank0:
+            try:
+                held.enter_context(hold_run_folder(self.dir, self.cfg.resume, self.cfg.overwrite))
+                save_config(self.cfg, self.dir / CONFIG_YAML)
+            except UserError as err:
+                error = str(err)
+        if self.fabric.world_size > 1:
+            error = self.fabric.broadcast(error, src=0)
+        if error is not None:
+            raise UserError(error)
 
     # ----------------------------------------------------------------- checkpoints
 
