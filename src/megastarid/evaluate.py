@@ -23,6 +23,7 @@ from megastarid.core.options import Ints, parse_options
 from megastarid.data.options import StarDataOptions, WildlifeOptions
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.synth import ensure_synthetic
+from megastarid.evaluation.embed import NonFiniteEmbeddingError
 from megastarid.evaluation.embeddings import load_embeddings
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
@@ -132,6 +133,8 @@ def run(cfg: EvaluateOptions) -> dict:
         )
     model, train_config = load_model_from_checkpoint(cfg.checkpoint, device)
     catalogue = star_catalogue(cfg)
+    if cfg.image_size is None and "image_size" not in train_config:
+        raise UserError(f"checkpoint {cfg.checkpoint} does not say its image size: pass --image-size")
     _announce(out_dir)
     image_size = cfg.image_size or int(train_config["image_size"])
     options["image_size"] = image_size
@@ -160,7 +163,11 @@ def run(cfg: EvaluateOptions) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_options(EvaluateOptions, argv, "megastarid evaluate", DESCRIPTION))
+    cfg = parse_options(EvaluateOptions, argv, "megastarid evaluate", DESCRIPTION)
+    try:
+        run(cfg)
+    except NonFiniteEmbeddingError as err:  # the checkpoint's fault, not the photos'
+        raise UserError(f"checkpoint {cfg.checkpoint}: {err}") from None
     return 0
 
 

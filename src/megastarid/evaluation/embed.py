@@ -20,6 +20,10 @@ from megastarid.data.transforms import build_eval_transform
 log = logging.getLogger(__name__)
 
 
+class NonFiniteEmbeddingError(UserError):
+    """The model turned a readable photo into NaN/inf: the model is broken, not the photo."""
+
+
 def embed_images(
     model: nn.Module,
     paths: Sequence[str],
@@ -33,10 +37,11 @@ def embed_images(
     """Embed ``paths`` in order as a float32 (N, D) array; rows of unreadable files are NaN.
 
     The unreadable files are logged as one warning; callers drop the NaN rows and count them
-    (``np.isnan(emb).any(axis=1)``). With ``tta`` each embedding is the re-normalised mean of the
-    image's and its horizontal mirror's. The model's train/eval mode is restored afterwards, so the
-    trainer can call this between epochs. ``progress=False`` hides the progress bar (for callers that
-    embed in many small calls under a bar of their own).
+    (``np.isnan(emb).any(axis=1)``). A readable photo whose embedding is NaN/inf is a model error
+    (``NonFiniteEmbeddingError``), never counted as an unreadable photo. With ``tta`` each embedding is
+    the re-normalised mean of the image's and its horizontal mirror's. The model's train/eval mode is
+    restored afterwards, so the trainer can call this between epochs. ``progress=False`` hides the
+    progress bar (for callers that embed in many small calls under a bar of their own).
     """
     device = torch.device(device)
     dataset = ImageDataset(list(paths), [0] * len(paths), build_eval_transform(image_size), image_size)
@@ -65,6 +70,13 @@ def embed_images(
                 if tta:
                     emb = F.normalize(emb + model(batch.flip(-1)), dim=1)
                 emb = emb.float().cpu().numpy()
+                broken = ~np.isfinite(emb).all(axis=1)
+                if broken.any():
+                    example = dataset.path(int(indices[int(np.argmax(broken))]))
+                    raise NonFiniteEmbeddingError(
+                        f"the model gives NaN/inf embeddings for readable photos (e.g. {example}): the model "
+                        "is broken (diverged or damaged weights), not the photos"
+                    )
                 if out is None:
                     out = np.full((len(dataset), emb.shape[1]), np.nan, dtype=np.float32)
                 out[indices.numpy()] = emb
