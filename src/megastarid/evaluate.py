@@ -19,6 +19,7 @@ import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.files import check_writable_folder
 from megastarid.core.options import Ints, parse_options
 from megastarid.data.options import StarDataOptions, WildlifeOptions
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
@@ -121,6 +122,7 @@ def run(cfg: EvaluateOptions) -> dict:
     options = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(cfg).items()}
     if cfg.embeddings is not None:
         embeddings = load_embeddings(cfg.embeddings)
+        check_writable_folder(out_dir, "--output-dir")
         _announce(out_dir)
         return evaluate_embeddings(
             embeddings,
@@ -135,6 +137,7 @@ def run(cfg: EvaluateOptions) -> dict:
     catalogue = star_catalogue(cfg)
     if cfg.image_size is None and "image_size" not in train_config:
         raise UserError(f"checkpoint {cfg.checkpoint} does not say its image size: pass --image-size")
+    check_writable_folder(out_dir, "--output-dir")
     _announce(out_dir)
     image_size = cfg.image_size or int(train_config["image_size"])
     options["image_size"] = image_size
