@@ -359,6 +359,12 @@ def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
         return _Run(fabric, cfg, task, model, held).execute()
 
 
+def _all_finite(module: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``module`` is finite (one device sync)."""
+    tensors = [t for t in module.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
 class _Run:
     """One training run in one process (rank); the steps of ``fit`` after the processes exist."""
 
@@ -578,6 +584,7 @@ class _Run:
             )
 
     def _save_interrupted(self, step: int, tally: EpochTally) -> None:
+        self._check_finite(self.state.epoch + 1)
         rng = self.fabric.all_gather(self.fabric.to_device(torch.get_rng_state())).cpu()
         if self.fabric.world_size == 1:
             rng = rng.unsqueeze(0)
@@ -607,9 +614,20 @@ class _Run:
             module.train()
         return self.fabric.broadcast(metrics, src=0)
 
+    def _check_finite(self, epoch: int) -> None:
+        """Weights that became NaN/inf are never evaluated or saved (not as best.pth, not as last.pth):
+        the run stops, and the checkpoints keep the last good epoch. Every rank checks its own copy of
+        the (identical) weights, so all stop together."""
+        if not _all_finite(self.trainer.module):
+            raise UserError(
+                f"the model's weights became NaN/inf in epoch {epoch}: training diverged; lower --lr "
+                "(best.pth and last.pth keep the last good epoch, nothing of this one was saved)"
+            )
+
     def _end_epoch(self, epoch: int, stats: dict[str, float]) -> None:
         """Evaluate when due, then record the epoch: history row, best.pth, last.pth, early stopping."""
         cfg, state = self.cfg, self.state
+        self._check_finite(epoch)
         due = epoch == 0 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
         metrics = self._evaluate() if due else {}
         state.epoch = epoch
