@@ -6,6 +6,7 @@ everything a hand-edited or truncated file can get wrong and says what, in one l
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -69,17 +70,63 @@ def load_embeddings(path: Path) -> EmbeddingSet:
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path}: not an .npz embeddings file (expected a zip archive of named arrays)")
     try:
+        _check_members(path)
         loaded = np.load(path, allow_pickle=False)
         with loaded:
             missing = [name for name in NPZ_ARRAYS if name not in loaded.files]
             if missing:
                 raise UserError(f"{path}: missing array(s) {', '.join(missing)}")
             arrays = {name: loaded[name] for name in NPZ_ARRAYS}
+    except MemoryError:
+        raise UserError(f"{path}: its arrays do not fit in memory") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path}: not a readable .npz embeddings file ({reason})") from err
     _validate(path, arrays)
     return EmbeddingSet.from_arrays(**arrays)
+
+
+#: Most bytes deflate can expand one byte into (about 1032): a bigger claimed ratio is a lie.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _check_members(path: Path) -> None:
+    """Read the header of every array the loader would read, before any is loaded: a member that is not
+    a ``.npy`` array (a raw pickle), holds Python objects, or claims more data than the file can hold
+    (a header saying 256 GiB) is a one-line ``UserError``, never an allocation or an unpickling."""
+    names = [field.name for field in fields(EmbeddingSet)]
+    wanted = {*names, *(f"{name}.npy" for name in names)}  # np.load reads a member by either name
+    archive_size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename not in wanted:
+                continue
+            name = info.filename.removesuffix(".npy")
+            stored = info.compress_type == zipfile.ZIP_STORED
+            if (stored and info.file_size > archive_size) or (
+                not stored and info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1)
+            ):
+                raise UserError(f"{path}: {name} claims {info.file_size} bytes, more than the file can hold")
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    header = member.tell()
+                except ValueError as err:
+                    raise UserError(f"{path}: {name} is not a plain .npy array ({err}); not loaded") from None
+            if dtype.hasobject:
+                raise UserError(f"{path}: {name} holds Python objects (a pickle); not loaded, for safety")
+            needed = math.prod(shape) * dtype.itemsize
+            if needed > info.file_size - header:
+                raise UserError(
+                    f"{path}: {name} claims shape {shape} of {dtype} ({needed} bytes) but holds only "
+                    f"{info.file_size - header} bytes"
+                )
 
 
 def _validate(path: Path, arrays: dict[str, np.ndarray]) -> None:
