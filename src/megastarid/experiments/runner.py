@@ -1,20 +1,27 @@
 """Run the grid: each phase a separate process, one worker per GPU (or one on the default device).
 
 A failing experiment is recorded in its folder (``grid_status.json`` + the phase log) and the
-others carry on. Ctrl-C / SIGTERM stop scheduling, pass one SIGINT to each running phase (which
-saves ``last.pth``) and wait for it, so the same command resumes later.
+others carry on. Ctrl-C / SIGTERM / SIGHUP stop scheduling, pass one SIGINT to each running phase (which
+saves ``last.pth``), wait for it and write the results, so the same command resumes later.
+
+A phase never outlives its grid: on Linux each phase asks the kernel (``prctl(PR_SET_PDEATHSIG)``) for a
+SIGTERM when the grid dies, however it dies (``kill -9`` included); the phase then saves ``last.pth`` and
+stops, so a rerun resumes it instead of racing an orphan that still writes the same folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +35,35 @@ from megastarid.experiments.results import format_metrics, star_metrics
 log = logging.getLogger(__name__)
 
 ERROR_LINES = 5
+#: signals that stop the grid the way Ctrl-C does (the phases save, the results are written)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+#: what a phase receives when its grid dies: SIGTERM, which it answers by saving last.pth and stopping
+PARENT_DEATH_SIGNAL = signal.SIGTERM
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``PARENT_DEATH_SIGNAL`` when this process dies (Linux),
+    else None. The kernel sends it when the *thread* that started the child ends: the grid's worker thread
+    waits for its phase, so that is when the grid process dies.
+
+    The libc function is looked up here, in the parent: the child, forked from a threaded program, only
+    makes the one system call (and exits at once if the grid died before it could)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    signum = int(PARENT_DEATH_SIGNAL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the grid died between the fork and the prctl
+            os._exit(1)
+
+    return preexec
 
 
 @dataclass(frozen=True)
@@ -53,9 +89,14 @@ class Processes:
         with self._lock:
             if self.stopping.is_set():
                 raise InterruptedError
-            # Own session: a terminal Ctrl-C reaches only the grid, which forwards it once.
+            # Own session: a terminal Ctrl-C (or hang-up) reaches only the grid, which forwards it once;
+            # and the phase dies with the grid (die_with_parent), so it can never be left orphaned.
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
             self._running.add(process)
         try:
@@ -176,8 +217,10 @@ def _wait(events: Sequence[threading.Event]) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a cluster pre-emption) is handled like Ctrl-C, so running phases save and stop."""
+def _stop_signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster pre-emption) and SIGHUP (the terminal or ssh session closed) are handled like
+    Ctrl-C: the running phases save and stop, and the results are written, instead of the grid dying
+    at once and leaving its phases running."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -185,11 +228,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_grid(
@@ -223,7 +267,7 @@ def run_grid(
         for slot, queue, done in workers
     ]
     events = [done for _, _, done in workers]
-    with _sigterm_as_interrupt():
+    with _stop_signals_as_interrupt():
         for thread in threads:
             thread.start()
         try:
