@@ -11,6 +11,9 @@ A build is incremental and resumable:
 - photos are committed in batches of ``commit_every``, each batch one transaction (photos, embeddings and
   the individuals' counts together), so a killed build keeps every finished batch and a rerun carries on
   where it stopped; photos that vanished from the source are dropped at the end;
+- photos that joined by a lineup decision (``catalogue apply``) keep their decision's individual and are
+  kept while their files exist, whatever the source says of them (a ``rebuild`` forgets them: apply the
+  decisions files again);
 - a catalogue built with another model (its fingerprint: weights, backbone, image size, TTA, embedding
   size) is refused unless ``rebuild``, which empties it and embeds every photo again.
 """
@@ -98,7 +101,11 @@ def build_catalogue(
     with ``embedder``'s embeddings; see the module docstring."""
     root = Path(os.path.abspath(root))
     _claim(store, root, embedder.fingerprint, embedder.record(), rebuild)
-    wanted = _wanted(table, root)
+    # photos that joined by a lineup decision (catalogue apply) belong to their decisions: a build neither
+    # relabels them (a dive folder under the root reads as a bogus tree individual) nor drops them while
+    # their files exist
+    joined = store.decision_photo_paths()
+    wanted = {rel: item for rel, item in _wanted(table, root).items() if rel not in joined}
     existing = store.photo_records()
     report = BuildReport()
     pending: list[tuple[str, PhotoRecord]] = []
@@ -124,7 +131,8 @@ def build_catalogue(
             batch = pending[start : start + commit_every]
             _add_batch(store, batch, {rel: old for rel, (_, old) in existing.items()}, embedder, report)
             bar.update(len(batch))
-    vanished = [rel for rel in existing if rel not in wanted]
+    kept = {rel for rel in joined if root.joinpath(*rel.split("/")).is_file()}
+    vanished = [rel for rel in existing if rel not in wanted and rel not in kept]
     with store.transaction():
         store.remove_photos(vanished)
         store.refresh_individuals()

@@ -10,7 +10,13 @@ file as ours, so any other SQLite file is refused with one line):
   when those changed);
 - ``embeddings``: one float32 blob per photo (``ON DELETE CASCADE``: a photo never outlives its row);
 - ``meta``: JSON values: the root, the model fingerprint and how to re-create the model, the calibration
-  and where it came from, timestamps.
+  and where it came from, timestamps;
+- ``decisions`` (schema 2): the audit of every lineup decision applied (``catalogue apply``): when, the
+  decisions file and its sha256 and line, the decision, the photo, the individual it went to, the note and
+  what it changed; ``photos.origin`` says whether a photo came from a build (``build``) or joined by a
+  decision (``decision``; a build keeps those).
+
+An older file is migrated when it is opened (``MIGRATIONS``: version n -> n + 1, each in one transaction).
 
 The file is in WAL mode: readers (``identify``, ``catalogue info``) see the last committed state while a
 build adds photos, and a killed build loses at most its open batch. Foreign keys are on for every
@@ -42,8 +48,8 @@ from megastarid.identification.paths import resolve_photo_path
 
 log = logging.getLogger(__name__)
 
-#: the schema this code writes; files of a higher version are refused
-SCHEMA_VERSION = 1
+#: the schema this code writes; files of a higher version are refused, older ones migrated (``MIGRATIONS``)
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a MegaStarID catalogue ("MSID")
 APPLICATION_ID = 0x4D534944
 #: bytes per database page: many 2-3 KB embedding blobs fit one page (4 KB pages hold one each)
@@ -76,7 +82,8 @@ CREATE TABLE photos (
     height INTEGER,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    added TEXT NOT NULL
+    added TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'build'
 );
 CREATE INDEX photos_sha256 ON photos(sha256);
 CREATE INDEX photos_individual ON photos(individual_id);
@@ -85,6 +92,34 @@ CREATE TABLE embeddings (
     vector BLOB NOT NULL
 );
 """
+#: the audit of applied lineup decisions (schema 2)
+_DECISIONS_TABLE = """
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY,
+    applied TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    decided TEXT,
+    decision TEXT NOT NULL,
+    query TEXT NOT NULL,
+    photo TEXT,
+    encounter TEXT NOT NULL DEFAULT '',
+    identity TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
+    effect TEXT NOT NULL,
+    UNIQUE (source_sha256, line)
+)
+"""
+_SCHEMA += _DECISIONS_TABLE
+
+#: schema upgrades: the statements that take a file of version n to n + 1 (run in one transaction)
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE photos ADD COLUMN origin TEXT NOT NULL DEFAULT 'build'",
+        _DECISIONS_TABLE,
+    ),
+}
 
 #: the first stored photo path that would lead outside the root (the same test as ``paths.escapes_root``)
 _ESCAPING = (
@@ -310,6 +345,10 @@ class CatalogueStore:
         self.con.execute("DELETE FROM photos")
         self.con.execute("DELETE FROM individuals")
 
+    def decision_photo_paths(self) -> set[str]:
+        """The relative paths of the photos that joined by a lineup decision (``catalogue apply``)."""
+        return {row[0] for row in self.con.execute("SELECT path FROM photos WHERE origin = 'decision'")}
+
     def num_photos(self) -> int:
         return int(self.con.execute("SELECT count(*) FROM photos").fetchone()[0])
 
@@ -528,5 +567,21 @@ def _check_or_create(store: CatalogueStore, create: bool) -> None:
         )
     if version < 1:
         raise _not_ours(path, f"schema version {version}")
+    if version < SCHEMA_VERSION:
+        _migrate(store)
     if create:
         con.execute("PRAGMA journal_mode = WAL")
+
+
+def _migrate(store: CatalogueStore) -> None:
+    """Bring an older catalogue up to ``SCHEMA_VERSION``, one version per transaction (a second process
+    opening it meanwhile waits, then finds it done)."""
+    while True:
+        with store.transaction() as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            for statement in MIGRATIONS[version]:
+                con.execute(statement)
+            con.execute(f"PRAGMA user_version = {version + 1}")
+        log.info("catalogue %s: schema %d -> %d", store.path, version, version + 1)
