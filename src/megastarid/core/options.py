@@ -10,6 +10,10 @@ module adds the three things tyro lacks:
 - one line per bad option (a ``UserError``, which ``run_main`` prints as ``megastarid: error: ...``
   with exit code 2) instead of tyro's boxed error;
 - comma lists in one token (``--gpus 0,1``, ``--ks 1,5,10,20``), as the original tool spelled them.
+
+and the rules every option of every command obeys, checked here once rather than per field:
+
+- an error quotes at most ~100 characters of a bad value (``core.errors.quoted``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import tyro
 import yaml
 from tyro.constructors import PrimitiveConstructorSpec
 
-from megastarid.core.errors import UserError
+from megastarid.core.errors import QUOTE_LIMIT, UserError, quoted
 
 T = TypeVar("T")
 
@@ -51,8 +55,9 @@ def flag(name: str) -> str:
 def comma_list(kind: type, metavar: str, invalid: str) -> PrimitiveConstructorSpec:
     """How tyro reads a ``tuple[kind, ...]`` option from one ``a,b,c`` token (and shows its default).
 
-    ``invalid`` (formatted with ``text``) says why a token is refused. Blank items are dropped; order and
-    repeats are kept, for the field's ``__post_init__`` to judge. The spec also serves ``tuple | None``
+    ``invalid`` (formatted with ``text``, the token quoted, and ``reason``, ``kind``'s error) says why a
+    token is refused. Blank items are dropped; order and repeats are kept, for the field's
+    ``__post_init__`` to judge. The spec also serves ``tuple | None``
     fields (``None`` = not given), so the error stays this one line rather than tyro's union report.
     """
 
@@ -60,8 +65,8 @@ def comma_list(kind: type, metavar: str, invalid: str) -> PrimitiveConstructorSp
         text = args[0]
         try:
             return tuple(kind(part.strip()) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise ValueError(invalid.format(text=text)) from None
+        except ValueError as err:
+            raise ValueError(invalid.format(text=quoted(text), reason=err)) from None
 
     return PrimitiveConstructorSpec(
         nargs=1,
@@ -72,9 +77,9 @@ def comma_list(kind: type, metavar: str, invalid: str) -> PrimitiveConstructorSp
     )
 
 
-_INTS = comma_list(int, "N,N,...", "{text!r} is not a comma list of integers")
-_GPU_IDS = comma_list(int, "ID,ID,...", "must be comma-separated device ids such as 0,1, got {text!r}")
-_NAMES = comma_list(str, "NAME,NAME,...", "{text!r} is not a comma list")
+_INTS = comma_list(int, "N,N,...", "{text} is not a comma list of integers")
+_GPU_IDS = comma_list(int, "ID,ID,...", "must be comma-separated device ids such as 0,1, got {text}")
+_NAMES = comma_list(str, "NAME,NAME,...", "{text} is not a comma list")
 
 #: ``--seeds 0,1,2``, ``--ks 1,5,10,20``
 Ints = Annotated[tuple[int, ...], _INTS]
@@ -223,7 +228,26 @@ def _one_line_errors(wide: bool) -> Iterator[None]:
 
 
 def error_line(text: str) -> str:
-    """The message of tyro's error box, as one line that starts with the option at fault when known."""
+    """The message of tyro's error box, as one line that starts with the option at fault when known; a
+    value it quotes (or any one word) is cut to ~100 characters."""
+    return _LONG_WORD.sub(_cut_word, _box_message(text))
+
+
+#: a quoted value or a word longer than what an error message echoes
+_LONG_WORD = re.compile(rf"'[^']{{{QUOTE_LIMIT + 1},}}'|\S{{{QUOTE_LIMIT + 1},}}")
+
+
+def _cut_word(match: re.Match[str]) -> str:
+    word = match[0]
+    if word.startswith("'") and word.endswith("'") and len(word) > 1:
+        inner = word[1:-1]
+        if inner.endswith("…") and len(inner) <= QUOTE_LIMIT + 1:
+            return word  # already cut by ``quoted``
+        return f"'{inner[:QUOTE_LIMIT]}…' ({len(inner)} characters)"
+    return f"{word[:QUOTE_LIMIT]}… ({len(word)} characters)"
+
+
+def _box_message(text: str) -> str:
     lines = [_ANSI.sub("", line).strip().strip("│").strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
@@ -280,7 +304,7 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise UserError(f"--config {path}: unknown option {key!r}")
+            raise UserError(f"--config {path}: unknown option {quoted(key)}")
         try:
             values[name] = convert(hints[name], value)
         except ValueError as err:
@@ -304,14 +328,14 @@ def convert(annotation: Any, value: Any) -> Any:
         if isinstance(value, list):
             value = ",".join(str(item) for item in value)
         if not isinstance(value, str | int):
-            raise ValueError(f"expected a list or a comma list, got {value!r}")
+            raise ValueError(f"expected a list or a comma list, got {quoted(value)}")
         return specs[0].instance_from_str([str(value)])
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = str(value) if isinstance(value, str) or number else None
         if text not in choices:
-            raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {quoted(value)}")
         return text
     ok = (
         (kind is bool and isinstance(value, bool))
@@ -320,7 +344,7 @@ def convert(annotation: Any, value: Any) -> Any:
         or (kind in (str, Path) and (isinstance(value, str) or number))
     )
     if not ok:
-        raise ValueError(f"expected {kind.__name__}, got {value!r}")
+        raise ValueError(f"expected {kind.__name__}, got {quoted(value)}")
     return kind(str(value)) if kind in (str, Path) else kind(value)
 
 

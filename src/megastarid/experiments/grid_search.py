@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from megastarid.core.console import run_main
-from megastarid.core.errors import UserError
+from megastarid.core.errors import UserError, quoted
 from megastarid.core.options import GpuIdsOrNone, Ints, Names, flag, parse_options
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
@@ -125,7 +125,7 @@ def _choices(names: tuple[str, ...], choices: Sequence[str], option: str, noun: 
         raise UserError(f"{option}: give at least one of {', '.join(choices)}")
     for name in names:
         if name not in choices:
-            raise UserError(f"{option}: unknown {noun} {name!r} (choose from {', '.join(choices)})")
+            raise UserError(f"{option}: unknown {noun} {quoted(name)} (choose from {', '.join(choices)})")
     return names
 
 
@@ -169,7 +169,7 @@ def _split_args(text: str, option: str) -> tuple[str, ...]:
     try:
         return _passed_through(shlex.split(text), option)
     except ValueError as err:
-        raise UserError(f"{option}: cannot split {text!r}: {err}") from None
+        raise UserError(f"{option}: cannot split {quoted(text)}: {err}") from None
 
 
 def grid_config(options: GridSearchOptions, train_args: Sequence[str]) -> GridConfig:

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from megastarid.core.errors import UserError
+from megastarid.core.errors import UserError, quoted
 from megastarid.core.options import GpuIdsOrNone, flag, option_value, parse_options, switch_value
 from megastarid.data.options import StarDataOptions, WildlifeOptions
 
@@ -144,7 +144,9 @@ class TrainConfig:
         gpus = self.gpus
         if gpus is not None and (not gpus or min(gpus) < 0 or len(set(gpus)) < len(gpus)):
             listed = ",".join(map(str, self.gpus))
-            raise UserError(f"--gpus must be distinct non-negative device ids such as 0,1, got {listed!r}")
+            raise UserError(
+                f"--gpus must be distinct non-negative device ids such as 0,1, got {quoted(listed)}"
+            )
         for name in INPUT_PATHS:
             path = getattr(self, name, None)
             if path is not None and not Path(path).exists():
