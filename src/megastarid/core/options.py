@@ -13,6 +13,9 @@ module adds the three things tyro lacks:
 
 and the rules every option of every command obeys, checked here once rather than per field:
 
+- a run-control switch (``run_control()``: ``--resume``, ``--overwrite``) steers one invocation: it comes
+  from the command line only, never from a YAML file, and is not part of the recorded options
+  (``recorded``);
 - an error quotes at most ~100 characters of a bad value (``core.errors.quoted``).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import re
 import sys
@@ -36,6 +40,8 @@ from tyro.constructors import PrimitiveConstructorSpec
 
 from megastarid.core.errors import QUOTE_LIMIT, UserError, quoted
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 CONFIG_HELP = (
@@ -47,6 +53,30 @@ CONFIG_HELP = (
 def flag(name: str) -> str:
     """A field name as its command-line flag: ``circle_weight`` -> ``--circle-weight``."""
     return "--" + name.replace("_", "-")
+
+
+# -- run-control switches ----------------------------------------------------------------------------------
+
+#: field metadata key marking a run-control switch
+RUN_CONTROL = "megastarid_run_control"
+
+
+def run_control(default: bool = False) -> Any:
+    """A field for a switch that steers this one invocation (``--resume``, ``--overwrite``) rather than
+    describing the run: it is read from the command line only (a YAML file's value is ignored) and left out
+    of ``recorded``, so a saved config.yaml or checkpoint never replays it."""
+    return dataclasses.field(default=default, metadata={RUN_CONTROL: True})
+
+
+def run_control_names(cls: Any) -> frozenset[str]:
+    """The run-control fields of an option dataclass (or instance)."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get(RUN_CONTROL))
+
+
+def recorded(options: Any) -> dict[str, Any]:
+    """The options that describe a run, field by field (every field but the run-control switches)."""
+    skip = run_control_names(options)
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in skip}
 
 
 # -- comma lists -------------------------------------------------------------------------------------------
@@ -287,7 +317,8 @@ def _box_message(text: str) -> str:
 
 def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     """A YAML mapping of option names (dashes or underscores) to values, each checked against its field's
-    type; anything wrong is one line naming the file (and the key)."""
+    type; anything wrong is one line naming the file (and the key). Run-control switches (``--resume``,
+    ``--overwrite``) are command-line only: a file's value for one is ignored."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -300,11 +331,16 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
         raise UserError(f"--config {path}: expected a mapping of option: value")
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
+    switches = run_control_names(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in names:
             raise UserError(f"--config {path}: unknown option {quoted(key)}")
+        if name in switches:
+            if value:
+                log.info("--config %s: %s is a command-line switch; the file's value is ignored", path, key)
+            continue
         try:
             values[name] = convert(hints[name], value)
         except ValueError as err:

@@ -13,13 +13,24 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import tyro
 import yaml
 
 from megastarid.core.errors import UserError, quoted
-from megastarid.core.options import GpuIdsOrNone, flag, option_value, parse_options, switch_value
+from megastarid.core.files import atomic_write_text
+from megastarid.core.options import (
+    GpuIdsOrNone,
+    flag,
+    option_value,
+    parse_options,
+    recorded,
+    run_control,
+    switch_value,
+)
 from megastarid.data.options import StarDataOptions, WildlifeOptions
+from megastarid.training.models import DEFAULT_BACKBONE
 
 __all__ = [
     "CotrainConfig",
@@ -44,7 +55,7 @@ class TrainConfig:
 
     output_dir: Path = Path("checkpoints/megastarid/run")
     """run folder (checkpoints, history, reports)"""
-    backbone: str | None = "convnext_tiny"
+    backbone: str | None = DEFAULT_BACKBONE
     """timm model name, e.g. convnext_tiny, resnet50, hf-hub:BVRA/MegaDescriptor-T-224"""
     pretrained: bool = False
     """start from the backbone's published weights (downloads them once)"""
@@ -98,10 +109,11 @@ class TrainConfig:
     """batch size when embedding images for evaluation"""
     max_bad_steps: int = 20
     """stop after this many steps in a row with a NaN/inf loss"""
-    resume: bool = False
-    """continue the run in --output-dir from its last.pth (alone, with the options it was started with)"""
-    overwrite: bool = False
-    """replace the run already in --output-dir"""
+    resume: bool = run_control()
+    """continue the run in --output-dir from its last.pth (alone, with the options it was started with);
+    command line only, never saved in config.yaml"""
+    overwrite: bool = run_control()
+    """replace the run already in --output-dir; command line only, never saved in config.yaml"""
 
     def __post_init__(self) -> None:
         """Raise a one-line ``UserError`` for a value that cannot work, before any work starts."""
@@ -153,9 +165,11 @@ class TrainConfig:
                 raise UserError(f"{flag(name)}: {path} does not exist")
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain YAML/JSON/checkpoint-safe types: paths as strings, comma lists as the flag
-        spells them (``0,1``)."""
-        return {key: _plain(value) for key, value in dataclasses.asdict(self).items()}
+        """The run's recorded options (config.yaml, the checkpoint's config, the report summaries) as plain
+        YAML/JSON/checkpoint-safe types: paths as strings, comma lists as the flag spells them (``0,1``).
+        The run-control switches (--resume, --overwrite) steer one invocation and are left out, so reading
+        config.yaml back never replays them."""
+        return {key: _plain(value) for key, value in recorded(self).items()}
 
 
 @dataclass
@@ -170,8 +184,9 @@ class FinetuneConfig(StarDataOptions, TrainConfig):
     """Fine-tuning on star_dataset from a checkpoint, or the star-only baseline without one."""
 
     output_dir: Path = Path("checkpoints/megastarid/finetune")
-    backbone: str | None = None
-    """timm model name; None: the --checkpoint's, else convnext_tiny"""
+    backbone: Annotated[
+        str | None, tyro.conf.arg(help=f"timm model name; None: the --checkpoint's, else {DEFAULT_BACKBONE}")
+    ] = None
     epochs: int = 100
     lr: float = 5e-5
     backbone_lr_mult: float = 0.1
@@ -210,8 +225,9 @@ def parse_train_config(cls: type[C], argv: Sequence[str] | None, prog: str, desc
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    """Write the resolved config as YAML that ``--config`` reads back."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML that ``--config`` reads back (atomically: a crash never leaves
+    half a config.yaml for ``--resume`` to read)."""
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _plain(value: Any) -> Any:
