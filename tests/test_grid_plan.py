@@ -143,7 +143,7 @@ def test_longest_experiments_are_balanced_over_slots(tmp_path):
         (["--losses", "arcface"], "--losses: unknown loss 'arcface' (choose from"),
         (["--losses", ","], "--losses: give at least one of circle, triplet, combined"),
         (["--seeds", ""], "--seeds: give at least one value"),
-        (["--seeds", "0,one"], "--seeds: '0,one' is not a comma list of integers"),
+        (["--seeds", "0,one"], "--seeds must be an integer from 0 to 4294967295 (2**32-1), got 'one'"),
         (["--gpus", "0,-1"], "--gpus: GPU ids are 0 or more"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--star-root", "/no/such/stars"], "--star-root /no/such/stars: no such folder"),
@@ -152,7 +152,7 @@ def test_longest_experiments_are_balanced_over_slots(tmp_path):
         (["--finetune-args=--checkpoint x.pth"], "--finetune-args: --checkpoint is set by the grid"),
         (["--cotrain-args", "--star-batch-ratio 'x"], "--cotrain-args: cannot split"),
         (["--", "--no-such-option"], "options for the pretrain phase: unrecognized options: --no-such"),
-        (["--cotrain-args=--star-batch-ratio x"], "options for the cotrain phase: --star-batch-ratio: could"),
+        (["--cotrain-args=--star-batch-ratio x"], "options for the cotrain phase: --star-batch-ratio must"),
     ],
 )
 def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):

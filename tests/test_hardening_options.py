@@ -4,11 +4,14 @@ checks what its real run checks, and no error echoes more than ~100 characters o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from megastarid import cli, data_cli, demo, evaluate, finetune, prepare, synth
+from megastarid import catalogue, cli, data_cli, demo, evaluate, finetune, identify, prepare, synth
 from megastarid.core import errors, options
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
+from megastarid.core.options import flag, parse_options
 from megastarid.data.check import export_split
 from megastarid.experiments import grid_search
 from megastarid.experiments.plan import GridConfig, PhaseState, build_plan
 from megastarid.training.config import (
+    CotrainConfig,
     FinetuneConfig,
+    PretrainConfig,
     parse_train_config,
     save_config,
 )
@@ -196,6 +202,176 @@ def test_the_grid_reruns_a_phase_it_had_started_with_overwrite(tmp_path: Path, s
     assert any(line.endswith(" --resume") for line in log.read_text().splitlines() if " $ " in line)
     table = pd.read_csv(out / "grid_results.csv")
     assert list(table["status"]) == ["finished"]
+
+
+# -- 2. non-finite floats are refused for every float option of every command ------------------------------
+
+
+def _option_classes() -> list[type]:
+    return [
+        PretrainConfig,
+        FinetuneConfig,
+        CotrainConfig,
+        evaluate.EvaluateOptions,
+        grid_search.GridSearchOptions,
+        synth.SynthOptions,
+        prepare.PrepareOptions,
+        data_cli.CheckOptions,
+        data_cli.PreviewOptions,
+        demo.DemoOptions,
+        identify.IdentifyOptions,
+        catalogue.BuildOptions,
+        catalogue.InfoOptions,
+    ]
+
+
+def _float_fields(cls: type) -> list[str]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names = []
+    for field in dataclasses.fields(cls):
+        kind, _ = options._unwrap(hints[field.name])
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        if float in (typing.get_args(kind) if union else (kind,)):
+            names.append(field.name)
+    return names
+
+
+#: the float options, (options class, field) for every command
+FLOAT_OPTIONS = [(cls, name) for cls in _option_classes() for name in _float_fields(cls)]
+
+
+def test_the_float_options_are_found() -> None:
+    found = {(cls.__name__, name) for cls, name in FLOAT_OPTIONS}
+    assert {("FinetuneConfig", "lr"), ("CotrainConfig", "star_batch_ratio"), ("DemoOptions", "lr")} <= found
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+@pytest.mark.parametrize(("cls", "name"), FLOAT_OPTIONS, ids=lambda x: getattr(x, "__name__", x))
+def test_every_float_option_refuses_a_non_finite_value(cls: type, name: str, value: str) -> None:
+    with pytest.raises(UserError) as err:
+        parse_options(cls, [flag(name), value], "test", "test")
+    message = str(err.value)
+    assert "\n" not in message
+    # a command with a required option may name that first; the float itself must never get through
+    assert message.startswith(f"{flag(name)} must be a finite number") or message.endswith("is required")
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "option"),
+    [
+        ("finetune", ["--lr", "inf"], "--lr"),
+        ("pretrain", ["--weight-decay", "nan"], "--weight-decay"),
+        ("finetune", ["--circle-weight", "nan"], "--circle-weight"),
+        ("cotrain", ["--triplet-margin", "inf"], "--triplet-margin"),
+        ("cotrain", ["--star-batch-ratio", "nan"], "--star-batch-ratio"),
+        ("demo", ["--lr", "inf"], "--lr"),
+        ("data check", ["--star-root", ".", "--gallery-fraction", "nan"], "--gallery-fraction"),
+        ("catalogue build", ["--catalogue", "c.sqlite", "--accept", "nan"], "--accept"),
+    ],
+)
+def test_a_non_finite_flag_is_one_line_naming_it(command, argv, option, nothing_runs, capsys) -> None:
+    line = one_line_error(command, argv, capsys)
+    assert line.startswith(f"megastarid: error: {option} must be a finite number"), line
+    assert nothing_runs == []
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'", "1e999"])
+def test_a_non_finite_yaml_value_is_one_line_naming_file_and_key(tmp_path: Path, value: str, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"lr: {value}\n")
+    line = one_line_error("finetune", ["--config", str(config)], capsys)
+    assert (
+        line
+        == f"megastarid: error: --config {config}: lr: must be a finite number, got {line.split('got ')[-1]}"
+    )
+    assert "finite" in line
+
+
+# -- 3. YAML files: not UTF-8, alias bombs, deep nesting, 1e-4 --------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-4", 1e-4), ("'2e-3'", 2e-3), ("5E-5", 5e-5), ("3", 3.0)])
+def test_yaml_numbers_without_a_dot_count_as_floats(tmp_path: Path, text: str, value: float) -> None:
+    """YAML 1.1 reads 1e-4 (no dot) as a string; for a float option it is the number it looks like."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"lr: {text}\nweight_decay: 1e-5\n")
+    cfg = parse(FinetuneConfig, ["--config", str(config)])
+    assert (cfg.lr, cfg.weight_decay) == (value, 1e-5) and isinstance(cfg.lr, float)
+
+
+def test_a_yaml_string_that_is_no_number_is_still_refused(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: fast\n")
+    with pytest.raises(UserError, match=r"lr: must be a number, got 'fast'"):
+        parse(FinetuneConfig, ["--config", str(config)])
+
+
+# -- 4. seeds: 0 ... 2**32-1, one rule next to the field ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "option"),
+    [
+        ("finetune", ["--seed", str(10**30)], "--seed"),
+        ("finetune", ["--seed", "-1"], "--seed"),
+        ("pretrain", ["--seed", str(2**32)], "--seed"),
+        ("cotrain", ["--seed", "-7"], "--seed"),
+        ("synth", ["--out", "o", "--seed", "-1"], "--seed"),
+        ("data show-augmentations", ["--out", "g.png", "--seed", str(2**64)], "--seed"),
+        ("grid-search", ["--seeds", "0,-1"], "--seeds"),
+        ("grid-search", ["--seeds", str(10**30)], "--seeds"),
+    ],
+)
+def test_a_seed_out_of_range_is_one_line(command, argv, option, nothing_runs, capsys) -> None:
+    line = one_line_error(command, argv, capsys)
+    assert line.startswith(f"megastarid: error: {option} must be an integer from 0 to 4294967295"), line
+    assert nothing_runs == []
+
+
+def test_a_yaml_seed_follows_the_same_rule(tmp_path: Path, nothing_runs, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("seed: -1\n")
+    line = one_line_error("finetune", ["--config", str(config)], capsys)
+    rule = "must be an integer from 0 to 4294967295 (2**32-1)"
+    assert line == f"megastarid: error: --config {config}: seed: {rule}, got '-1'"
+    config.write_text("seeds: [0, 4294967296]\n")
+    line = one_line_error("grid-search", ["--config", str(config)], capsys)
+    assert "seeds: must be an integer from 0 to 4294967295" in line
+
+
+def test_the_seed_range_ends_are_accepted() -> None:
+    assert parse(FinetuneConfig, ["--seed", str(2**32 - 1)]).seed == 2**32 - 1
+    assert parse(FinetuneConfig, ["--seed", "0"]).seed == 0
+
+
+# -- 5. the grid's dry run validates what the real run validates -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "-1"], "--seeds must be an integer from 0 to 4294967295"),
+        (["--seeds", "1,99999999999"], "--seeds must be an integer from 0 to 4294967295"),
+        (["--", "--lr", "nan"], "options for the pretrain phase: --lr must be a finite number"),
+        (["--", "--lr", "inf"], "options for the pretrain phase: --lr must be a finite number"),
+        (["--", "--weight-decay", "nan"], "--weight-decay must be a finite number"),
+        (["--cotrain-args", "--star-batch-ratio nan"], "cotrain phase: --star-batch-ratio must be a finite"),
+        (["--finetune-args=--triplet-margin inf"], "finetune phase: --triplet-margin must be a finite"),
+    ],
+)
+def test_the_dry_run_refuses_what_the_real_run_refuses(argv, message, tmp_path, capsys) -> None:
+    assert run_main(grid_search.main, ["--dry-run", "--output-dir", str(tmp_path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert captured.out == ""  # no plan printed
+
+
+def test_the_dry_run_reads_a_passed_through_config_file_like_the_phases(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "phase.yaml"
+    config.write_text("lr: .nan\n")
+    argv = ["--dry-run", "--output-dir", str(tmp_path / "g"), "--", "--config", str(config)]
+    assert run_main(grid_search.main, argv) == 2
+    assert "lr: must be a finite number" in capsys.readouterr().err
 
 
 # -- 6. small: the split export is atomic, and errors quote at most ~100 characters of a value --------------

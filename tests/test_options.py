@@ -180,8 +180,7 @@ def test_a_narrow_terminal_does_not_wrap_the_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("COLUMNS", "40")
     assert run_cli("pretrain", ["--lr", "x" * 200]) == 2
     err = capsys.readouterr().err
-    reason = f"could not convert string to float: '{'x' * 100}…' (200 characters)"
-    assert err == f"megastarid: error: --lr: {reason}\n"
+    assert err == f"megastarid: error: --lr must be a number, got '{'x' * 100}…' (200 characters)\n"
 
 
 def test_error_line_reads_both_box_styles() -> None:

@@ -15,7 +15,7 @@ import torch
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import display_text
-from megastarid.core.options import flag, parse_options
+from megastarid.core.options import Seed, flag, parse_options
 from megastarid.data.check import Source, export_split, find_unreadable, load_source, summarise
 from megastarid.data.images import BadImageError, load_rgb
 from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptions
@@ -98,8 +98,8 @@ class PreviewOptions(StarDataOptions):
     """number of photos (rows)"""
     variants: int = 5
     """augmented versions per photo"""
-    seed: int = 0
-    """chooses the photos and the augmentations"""
+    seed: Seed = 0
+    """chooses the photos and the augmentations, 0 to 2**32-1"""
     image_size: int = 224
     """training image size in pixels"""
 

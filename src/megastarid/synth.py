@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import tyro
 
 from megastarid.core.console import run_main
-from megastarid.core.options import parse_options
+from megastarid.core.options import Seed, parse_options
 from megastarid.data.synth import (
     DEFAULT_STAR_IDENTITIES,
     DEFAULT_STAR_IMAGE_SIZE,
@@ -46,8 +46,8 @@ class SynthOptions:
             f"{DEFAULT_WILDLIFE_IDENTITIES} wildlife)"
         ),
     ] = None
-    seed: int = 0
-    """random seed"""
+    seed: Seed = 0
+    """random seed, 0 to 2**32-1"""
     image_size: Annotated[
         int | None,
         tyro.conf.arg(

@@ -13,6 +13,10 @@ module adds the three things tyro lacks:
 
 and the rules every option of every command obeys, checked here once rather than per field:
 
+- a float option is a finite number (``--lr inf``, ``--weight-decay nan`` are refused), from a flag or a
+  YAML file; in YAML a number written as a string (``lr: 1e-4``, which YAML 1.1 reads as a string) is
+  read as the number;
+- a seed (``Seed``, ``Seeds``) lies in 0 … 2**32-1, the range numpy and torch accept;
 - a run-control switch (``run_control()``: ``--resume``, ``--overwrite``) steers one invocation: it comes
   from the command line only, never from a YAML file, and is not part of the recorded options
   (``recorded``);
@@ -25,6 +29,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import os
 import re
 import sys
@@ -46,7 +51,7 @@ T = TypeVar("T")
 
 CONFIG_HELP = (
     "Options may also come from a YAML file, --config FILE.yaml (keys: the option names, with dashes or "
-    "underscores); flags override it."
+    "underscores; numbers such as 1e-4 may be written plain or quoted); flags override it."
 )
 
 
@@ -77,6 +82,64 @@ def recorded(options: Any) -> dict[str, Any]:
     """The options that describe a run, field by field (every field but the run-control switches)."""
     skip = run_control_names(options)
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in skip}
+
+
+# -- numbers -----------------------------------------------------------------------------------------------
+
+#: the seed range numpy's and torch's generators accept
+SEED_MAX = 2**32 - 1
+
+
+def finite_float(text: str) -> float:
+    """A float option's value from its text; ``inf``, ``nan`` and the unreadable are a ``ValueError``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number, got {quoted(text)}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {quoted(text)}")
+    return value
+
+
+def seed_value(text: str) -> int:
+    """A seed from its text: an integer in 0 … 2**32-1, else a ``ValueError``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(f"must be an integer from 0 to {SEED_MAX} (2**32-1), got {quoted(text)}")
+    return value
+
+
+def _float_rule(type_info: Any) -> PrimitiveConstructorSpec | None:
+    """tyro reads every ``float`` option with ``finite_float``; a ``float | None`` one also takes ``None``
+    (one rule for the pair, so a bad value is this one message rather than tyro's report per member)."""
+    kind = type_info.type
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    if kind is not float and not (union and set(typing.get_args(kind)) == {float, type(None)}):
+        return None
+    optional = kind is not float
+
+    def parse(args: list[str]) -> float | None:
+        return None if optional and args[0] == "None" else finite_float(args[0])
+
+    def is_instance(value: Any) -> bool:
+        return (optional and value is None) or (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        )
+
+    return PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="{None}|FLOAT" if optional else "FLOAT",
+        instance_from_str=parse,
+        is_instance=is_instance,
+        str_from_instance=lambda value: [str(value)],
+    )
+
+
+_REGISTRY = tyro.constructors.ConstructorRegistry()
+_REGISTRY.primitive_rule(_float_rule)
 
 
 # -- comma lists -------------------------------------------------------------------------------------------
@@ -110,6 +173,14 @@ def comma_list(kind: type, metavar: str, invalid: str) -> PrimitiveConstructorSp
 _INTS = comma_list(int, "N,N,...", "{text} is not a comma list of integers")
 _GPU_IDS = comma_list(int, "ID,ID,...", "must be comma-separated device ids such as 0,1, got {text}")
 _NAMES = comma_list(str, "NAME,NAME,...", "{text} is not a comma list")
+_SEEDS = comma_list(seed_value, "SEED,SEED,...", "{reason}")
+_SEED = PrimitiveConstructorSpec(
+    nargs=1,
+    metavar="SEED",
+    instance_from_str=lambda args: seed_value(args[0]),
+    is_instance=lambda value: isinstance(value, int) and not isinstance(value, bool),
+    str_from_instance=lambda value: [str(value)],
+)
 
 #: ``--seeds 0,1,2``, ``--ks 1,5,10,20``
 Ints = Annotated[tuple[int, ...], _INTS]
@@ -119,6 +190,10 @@ Names = Annotated[tuple[str, ...], _NAMES]
 NamesOrNone = Annotated[tuple[str, ...] | None, _NAMES]
 #: ``--gpus 0,1`` (None: not given)
 GpuIdsOrNone = Annotated[tuple[int, ...] | None, _GPU_IDS]
+#: ``--seed 7``: an integer in 0 … 2**32-1 (the one seed rule of every command)
+Seed = Annotated[int, _SEED]
+#: ``--seeds 0,1,2``: each one a ``Seed``
+Seeds = Annotated[tuple[int, ...], _SEEDS]
 
 
 # -- parsing -----------------------------------------------------------------------------------------------
@@ -147,6 +222,7 @@ def parse_options(
             prog=prog,
             description=f"{description}\n\n{CONFIG_HELP}".strip(),
             default=default,
+            registry=_REGISTRY,
         )
 
 
@@ -349,7 +425,10 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
 
 
 def convert(annotation: Any, value: Any) -> Any:
-    """``value`` (from YAML) as the type ``annotation`` says, or ``ValueError`` saying what was expected."""
+    """``value`` (from YAML) as the type ``annotation`` says, or ``ValueError`` saying what was expected.
+
+    The command line's rules hold: a float is finite (a string that reads as one, ``"1e-4"``, counts: YAML
+    1.1 reads ``1e-4`` without a dot as a string), a ``Seed`` is in range, a comma list reads its items."""
     kind, specs = _unwrap(annotation)
     union = typing.get_origin(kind) in (typing.Union, types.UnionType)
     options = typing.get_args(kind) if union else (kind,)
@@ -360,23 +439,28 @@ def convert(annotation: Any, value: Any) -> Any:
     kind = next(option for option in options if option is not type(None))
     kind, more = _unwrap(kind)
     specs += more
-    if specs:  # a comma list: "a,b" or a YAML list
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if specs and typing.get_origin(kind) is tuple:  # a comma list: "a,b" or a YAML list
         if isinstance(value, list):
             value = ",".join(str(item) for item in value)
-        if not isinstance(value, str | int):
+        if not isinstance(value, str | int) or isinstance(value, bool):
             raise ValueError(f"expected a list or a comma list, got {quoted(value)}")
         return specs[0].instance_from_str([str(value)])
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if specs:  # one value read by its own rule (a Seed)
+        if not (isinstance(value, str) or (number and isinstance(value, int))):
+            raise ValueError(f"expected {specs[0].metavar}, got {quoted(value)}")
+        return specs[0].instance_from_str([str(value)])
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         text = str(value) if isinstance(value, str) or number else None
         if text not in choices:
             raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {quoted(value)}")
         return text
+    if kind is float and (number or isinstance(value, str)):
+        return finite_float(str(value).strip())
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and number and isinstance(value, int))
-        or (kind is float and number)
         or (kind in (str, Path) and (isinstance(value, str) or number))
     )
     if not ok:

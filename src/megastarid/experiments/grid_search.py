@@ -20,7 +20,7 @@ import yaml
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError, quoted
-from megastarid.core.options import GpuIdsOrNone, Ints, Names, flag, parse_options
+from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag, parse_options
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,
@@ -74,8 +74,8 @@ class GridSearchOptions:
     """comma list of pretrain_finetune, cotrain, star_only"""
     losses: Names = DEFAULT_LOSSES
     """comma list of circle (weights 1/0), triplet (0/1), combined (0.7/0.3)"""
-    seeds: Ints = (0,)
-    """comma list of seeds, one run each"""
+    seeds: Seeds = (0,)
+    """comma list of seeds (each 0 to 2**32-1), one run each"""
     epochs: int = 25
     """epochs per training phase"""
     pretrain_epochs: int | None = None

@@ -22,6 +22,7 @@ from megastarid.core.errors import UserError, quoted
 from megastarid.core.files import atomic_write_text
 from megastarid.core.options import (
     GpuIdsOrNone,
+    Seed,
     flag,
     option_value,
     parse_options,
@@ -93,8 +94,8 @@ class TrainConfig:
     """evaluate every N epochs (and always before the first and after the last)"""
     patience: int = 0
     """stop when the best metric has not improved for N epochs (0 = never)"""
-    seed: int = 0
-    """random seed (sampling, augmentation, initialisation)"""
+    seed: Seed = 0
+    """random seed (sampling, augmentation, initialisation), 0 to 2**32-1"""
     precision: Literal["auto", "32", "bf16", "fp16"] = "auto"
     """autocast on GPU: auto = bf16 where supported, else fp32"""
     gpus: GpuIdsOrNone = None
