@@ -290,6 +290,66 @@ def test_a_non_finite_yaml_value_is_one_line_naming_file_and_key(tmp_path: Path,
 # -- 3. YAML files: not UTF-8, alias bombs, deep nesting, 1e-4 --------------------------------------------
 
 
+def _alias_bomb(depth: int) -> str:
+    """The "billion laughs": each level lists the previous one 9 times, 9**depth strings in all."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, depth):
+        lines.append(f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nepochs: *a{depth - 1}\n"
+
+
+@pytest.mark.parametrize("depth", [5, 9])
+@pytest.mark.parametrize("command", ["finetune", "synth", "grid-search"])
+def test_an_alias_bomb_is_refused_in_one_short_line(tmp_path, depth, command, nothing_runs, capsys) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb(depth))
+    assert depth < 9 or config.stat().st_size < 500  # the 9-level one: 444 bytes, 387M strings
+    line = one_line_error(command, ["--config", str(config)], capsys)
+    assert line.startswith(f"megastarid: error: --config {config}: line 2: aliases such as *a0")
+    assert len(line) < SHORT_LINE
+
+
+def test_an_alias_bomb_passed_through_the_grid_is_refused(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bomb.yaml"
+    config.write_text(_alias_bomb(5))
+    argv = ["--dry-run", "--output-dir", str(tmp_path), "--", "--config", str(config)]
+    assert run_main(grid_search.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aliases" in err and len(err) < SHORT_LINE
+
+
+@pytest.mark.parametrize("where", ["command", "grid pass-through"])
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_file(tmp_path: Path, where: str, capsys) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("epochs: 3\nbackbone: café\n".encode("latin-1"))
+    if where == "command":
+        assert run_main(finetune.main, ["--config", str(config)]) == 2
+    else:
+        assert (
+            run_main(
+                grid_search.main, ["--dry-run", "--output-dir", str(tmp_path), "--", "--config", str(config)]
+            )
+            == 2
+        )
+    err = capsys.readouterr().err
+    reason = "not UTF-8 text (byte 0xe9 at position 23); save it as UTF-8"
+    assert err == f"megastarid: error: --config {config}: {reason}\n"
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "deep.yaml"
+    config.write_text("epochs: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    line = one_line_error("finetune", ["--config", str(config)], capsys)
+    assert line.startswith(f"megastarid: error: --config {config}: not valid YAML")
+
+
+def test_a_huge_config_file_is_refused_unread(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "huge.yaml"
+    config.write_text("# padding\n" * 200_000)
+    line = one_line_error("finetune", ["--config", str(config)], capsys)
+    assert line.startswith(f"megastarid: error: --config {config}: larger than")
+
+
 @pytest.mark.parametrize(("text", "value"), [("1e-4", 1e-4), ("'2e-3'", 2e-3), ("5E-5", 5e-5), ("3", 3.0)])
 def test_yaml_numbers_without_a_dot_count_as_floats(tmp_path: Path, text: str, value: float) -> None:
     """YAML 1.1 reads 1e-4 (no dot) as a string; for a float option it is the number it looks like."""
@@ -304,6 +364,12 @@ def test_a_yaml_string_that_is_no_number_is_still_refused(tmp_path: Path) -> Non
     config.write_text("lr: fast\n")
     with pytest.raises(UserError, match=r"lr: must be a number, got 'fast'"):
         parse(FinetuneConfig, ["--config", str(config)])
+
+
+def test_the_help_and_readme_say_numbers_may_be_written_plain_or_quoted() -> None:
+    assert "1e-4" in options.CONFIG_HELP
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "lr: 1e-4" in readme
 
 
 # -- 4. seeds: 0 ... 2**32-1, one rule next to the field ----------------------------------------------------

@@ -20,7 +20,8 @@ and the rules every option of every command obeys, checked here once rather than
 - a run-control switch (``run_control()``: ``--resume``, ``--overwrite``) steers one invocation: it comes
   from the command line only, never from a YAML file, and is not part of the recorded options
   (``recorded``);
-- an error quotes at most ~100 characters of a bad value (``core.errors.quoted``).
+- a YAML file is UTF-8, small, without aliases (``*name``: a few hundred bytes of nested aliases expand
+  to gigabytes), and an error quotes at most ~100 characters of a bad value (``core.errors.quoted``).
 """
 
 from __future__ import annotations
@@ -391,16 +392,62 @@ def _box_message(text: str) -> str:
 # -- YAML --------------------------------------------------------------------------------------------------
 
 
+#: largest YAML file read: an options file is a few hundred bytes
+MAX_YAML_BYTES = 1_000_000
+
+
+class _AliasRefused(yaml.YAMLError):
+    """A YAML alias (``*name``) in a file that must not have one."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: a few hundred bytes of nested ``*name`` references ("billion
+    laughs") expand to gigabytes of values, and an options file never needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(
+                f"line {event.start_mark.line + 1}: aliases such as *{quoted(event.anchor)[1:-1]} are not "
+                "accepted in an options file; write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: Path, what: str = "--config") -> Any:
+    """The YAML document in ``path``, read safely: at most ``MAX_YAML_BYTES``, UTF-8, no aliases. Anything
+    wrong is one ``UserError`` line that starts with ``what`` and the file."""
+    where = f"{what} {path}"
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"{where}: cannot read it ({err.strerror or err})") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise UserError(f"{where}: larger than {MAX_YAML_BYTES:,} bytes; an options file is a few lines")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{where}: not UTF-8 text (byte 0x{data[err.start]:02x} at position {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader that also refuses aliases
+    except _AliasRefused as err:
+        raise UserError(f"{where}: {err}") from None
+    except yaml.YAMLError as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise UserError(f"{where}: not valid YAML ({_LONG_WORD.sub(_cut_word, first)})") from None
+    except RecursionError:
+        raise UserError(f"{where}: not valid YAML (nested too deeply)") from None
+
+
 def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     """A YAML mapping of option names (dashes or underscores) to values, each checked against its field's
     type; anything wrong is one line naming the file (and the key). Run-control switches (``--resume``,
     ``--overwrite``) are command-line only: a file's value for one is ignored."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"--config {path}: cannot read it ({err.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = load_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -16,11 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError, quoted
-from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag, parse_options
+from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag, load_yaml, parse_options
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,
@@ -138,10 +136,7 @@ def _controlled(name: str) -> str | None:
 
 
 def _yaml_keys(path: str) -> list[str]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"--config {path}: cannot read it as YAML ({err})") from None
+    data = load_yaml(Path(path))  # the options' own safe reader: UTF-8, no aliases, one-line errors
     return ["--" + str(key).replace("_", "-") for key in data] if isinstance(data, dict) else []
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import yaml
-
+from megastarid.core.errors import UserError
+from megastarid.core.options import load_yaml
 from megastarid.core.runfiles import (
     BEST_CHECKPOINT,
     CONFIG_YAML,
@@ -211,8 +211,8 @@ def epoch_mismatches(experiments: Sequence[Experiment]) -> list[str]:
             if phase.state() is not PhaseState.FINISHED:
                 continue
             try:
-                saved = yaml.safe_load((phase.run_dir / CONFIG_YAML).read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                saved = load_yaml(phase.run_dir / CONFIG_YAML, "run config")
+            except UserError:  # unreadable, not UTF-8, not YAML: nothing to compare
                 continue
             epochs = saved.get("epochs") if isinstance(saved, dict) else None
             if isinstance(epochs, int) and epochs != phase.epochs:
