@@ -1,7 +1,8 @@
 """``megastarid identify``: name the sea stars in new photos against a catalogue of known individuals.
 
-Writes ``matches.csv`` and ``matches.json`` into ``--out`` (earlier ones there are replaced) and prints a
-short table. See ``megastarid.identification.identify`` for the encounter pooling rule and the verdicts.
+Writes ``matches.csv``, ``matches.json`` and the lineup page ``lineup.html`` (with its ``thumbs/``) into
+``--out`` (earlier ones there are replaced) and prints a short table and the lineup's path. See
+``megastarid.identification.identify`` for the encounter pooling rule and the verdicts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from megastarid.core.options import flag, parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.identify import collect_photos, identify_photos
+from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
 from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
 from megastarid.training.embedders import catalogue_embedder, resolve_device
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Identify new photos against a catalogue: for each encounter (the photos of one folder, or each photo "
     "alone) the top individuals with their calibrated probability and a verdict (match, uncertain, new, "
-    "known-photo); writes matches.csv and matches.json."
+    "known-photo); writes matches.csv, matches.json and lineup.html, the page to confirm them."
 )
 
 
@@ -43,7 +45,7 @@ class IdentifyOptions:
     catalogue: Path
     """the catalogue file (megastarid catalogue build)"""
     out: Path
-    """output folder for matches.csv and matches.json (earlier ones there are replaced)"""
+    """output folder for matches.csv, matches.json and lineup.html (earlier ones there are replaced)"""
     top_k: int = 5
     """candidate individuals per encounter"""
     encounter_by: Literal["folder", "none"] = "folder"
@@ -105,8 +107,10 @@ def identify(options: IdentifyOptions) -> int:
         )
         document = matches_document(result, store, index)
     csv_path, json_path = write_matches(document, options.out)
+    lineup = write_lineup(document, options.out)
     print(terminal_table(document))
     print(f"wrote {csv_path} and {json_path}")
+    print(f"lineup: {lineup} (open it in a browser to confirm the matches)")
     return 0
 
 
