@@ -1,8 +1,10 @@
-"""``megastarid catalogue <build|info>``: the catalogue of known individuals (one SQLite file).
+"""``megastarid catalogue <build|info|apply|log|captures>``: the catalogue of known individuals (one SQLite
+file).
 
 ``build`` embeds every photo of a star_dataset tree or CSV with a trained checkpoint (or, zero-shot, a
 bare backbone) and stores the open-set calibration; reruns only embed new or changed photos.
-``info`` says what a catalogue holds.
+``info`` says what a catalogue holds. ``apply`` brings the lineup's decisions (decisions.csv) into it,
+``log`` lists the decisions applied, ``captures`` writes capture histories for mark-recapture.
 """
 
 from __future__ import annotations
@@ -13,19 +15,27 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import flag, parse_options
+from megastarid.core.options import Options, flag, parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.data.options import StarDataOptions
 from megastarid.data.readers import read_star_csv, read_star_tree
 from megastarid.data.synth import ensure_synthetic
 from megastarid.identification.build import COMMIT_EVERY, build_catalogue
 from megastarid.identification.calibrate import describe, read_calibration, update_calibration
+from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
+from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
 from megastarid.identification.embedder import Embedder
-from megastarid.identification.store import open_catalogue
-from megastarid.training.embedders import backbone_embedder, checkpoint_embedder, resolve_device
+from megastarid.identification.store import MODEL, open_catalogue
+from megastarid.training.embedders import (
+    backbone_embedder,
+    catalogue_embedder,
+    checkpoint_embedder,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +202,149 @@ def info_main(argv: Sequence[str] | None = None) -> int:
     return info(parse_options(InfoOptions, argv, "megastarid catalogue info", INFO_DESCRIPTION))
 
 
-SUBCOMMANDS = {"build": build_main, "info": info_main}
+APPLY_DESCRIPTION = (
+    "Apply the lineup's decisions (decisions.csv, exported by lineup.html) to a catalogue, without "
+    "retraining: confirmed photos join their individual (embedded with the catalogue's model), new "
+    "individuals are made (the given name, else NEW-<YYYYMMDD>-<n>), unsure ones are only recorded. Every "
+    "decision goes into the catalogue's log; any bad row and nothing of the file is applied; applying a "
+    "file again changes nothing."
+)
+LOG_DESCRIPTION = (
+    "List the decisions applied to a catalogue: time, source file and line, decision, photo, individual."
+)
+CAPTURES_DESCRIPTION = (
+    "Write capture histories for mark-recapture: the individual x occasion 0/1 matrix (occasions in time "
+    "order) as CSV or as a Program MARK .inp file, and sightings.csv (individual, date, outing, photos) "
+    "beside it."
+)
+
+
+@dataclass(kw_only=True)
+class ApplyOptions(Options):
+    """Which decisions, into which catalogue."""
+
+    catalogue: Path
+    """the catalogue file"""
+    decisions: Path
+    """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time)"""
+    checkpoint: Path | None = None
+    """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
+    backbone_weights: Path | None = None
+    """where a zero-shot catalogue's backbone weights are now, if they moved"""
+    batch_size: int = 64
+    """images per embedding batch"""
+    device: str = "auto"
+    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        super().__post_init__()
+
+
+def apply(options: ApplyOptions) -> int:
+    """Apply a decisions file; the model is loaded only when a photo must be embedded."""
+    device = resolve_device(options.device)
+    with open_catalogue(options.catalogue) as store:
+        record = store.meta(MODEL)
+
+        def embedder() -> Embedder:
+            if record is None:
+                raise UserError(
+                    f"catalogue {options.catalogue} records no model (megastarid catalogue build)"
+                )
+            return catalogue_embedder(
+                record,
+                options.catalogue,
+                device,
+                checkpoint=options.checkpoint,
+                weights=options.backbone_weights,
+                batch_size=options.batch_size,
+            )
+
+        report = apply_decisions(store, options.decisions, embedder)
+    print(report.line())
+    return 0
+
+
+def apply_main(argv: Sequence[str] | None = None) -> int:
+    return apply(parse_options(ApplyOptions, argv, "megastarid catalogue apply", APPLY_DESCRIPTION))
+
+
+@dataclass(kw_only=True)
+class LogOptions(Options):
+    """Which catalogue's decisions to list."""
+
+    catalogue: Path
+    """the catalogue file"""
+    json: bool = False
+    """print every field of every decision as JSON"""
+
+
+def decisions_log(options: LogOptions) -> int:
+    with open_catalogue(options.catalogue) as store:
+        entries = decision_log(store)
+    if options.json:
+        print(json.dumps(entries, indent=2))
+    elif not entries:
+        print(f"no decisions applied to {options.catalogue} yet (megastarid catalogue apply)")
+    else:
+        print("\n".join(log_lines(entries)))
+    return 0
+
+
+def log_main(argv: Sequence[str] | None = None) -> int:
+    return decisions_log(parse_options(LogOptions, argv, "megastarid catalogue log", LOG_DESCRIPTION))
+
+
+@dataclass(kw_only=True)
+class CapturesOptions(Options):
+    """Which catalogue, which occasions, where the histories go."""
+
+    catalogue: Path
+    """the catalogue file"""
+    out: Path
+    """capture histories file (captures.csv, or captures.inp for Program MARK); sightings.csv beside it"""
+    by: Literal["outing", "day", "month", "year"] = "outing"
+    """occasions: each survey outing (ordered by date), or each calendar day, month or year of the photos"""
+    format: Literal["csv", "mark"] | None = None
+    """csv (individual x occasion 0/1 table) or mark (Program MARK .inp); default: mark for a .inp --out"""
+    keep_empty: bool = False
+    """keep the days, months or years with no photo at all between the first and last as zero columns"""
+    dataset: str | None = None
+    """only this dataset's photos (a collection or site), e.g. for one population"""
+
+    def __post_init__(self) -> None:
+        assert self.by in BY
+        super().__post_init__()
+
+
+def captures(options: CapturesOptions) -> int:
+    fmt = options.format or ("mark" if options.out.suffix.lower() == ".inp" else "csv")
+    with open_catalogue(options.catalogue) as store, store.snapshot():
+        photos = catalogue_photos(store, options.dataset)
+    if not len(photos):
+        where = f" of dataset {options.dataset!r}" if options.dataset is not None else ""
+        raise UserError(f"catalogue {options.catalogue} holds no photos{where}")
+    histories = capture_histories(photos, options.by, options.keep_empty)
+    out, sightings = write_captures(histories, options.out, fmt, str(options.catalogue))
+    print(f"{out}: {histories.line()}; {sightings}")
+    return 0
+
+
+def captures_main(argv: Sequence[str] | None = None) -> int:
+    return captures(
+        parse_options(CapturesOptions, argv, "megastarid catalogue captures", CAPTURES_DESCRIPTION)
+    )
+
+
+SUBCOMMANDS = {
+    "build": build_main,
+    "info": info_main,
+    "apply": apply_main,
+    "log": log_main,
+    "captures": captures_main,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
