@@ -541,7 +541,7 @@ def test_a_hostile_embeddings_file_is_one_line(tmp_path: Path, capsys, member: b
     bad = npz_with(tmp_path, "query_embeddings.npy", member)
     assert run_main(evaluate.main, ["--embeddings", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
     err = one_line_error(capsys)
-    assert f"{bad}: query_embeddings " in err and message in err, err
+    assert f"{bad}: not a readable .npz embeddings file (query_embeddings " in err and message in err, err
 
 
 # ----------------------------------------------------------------- 12. weights that become NaN

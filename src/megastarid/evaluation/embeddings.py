@@ -94,6 +94,10 @@ def _check_members(path: Path) -> None:
     """Read the header of every array the loader would read, before any is loaded: a member that is not
     a ``.npy`` array (a raw pickle), holds Python objects, or claims more data than the file can hold
     (a header saying 256 GiB) is a one-line ``UserError``, never an allocation or an unpickling."""
+
+    def refuse(why: str) -> UserError:
+        return UserError(f"{path}: not a readable .npz embeddings file ({why})")
+
     names = [field.name for field in fields(EmbeddingSet)]
     wanted = {*names, *(f"{name}.npy" for name in names)}  # np.load reads a member by either name
     archive_size = path.stat().st_size
@@ -106,7 +110,7 @@ def _check_members(path: Path) -> None:
             if (stored and info.file_size > archive_size) or (
                 not stored and info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1)
             ):
-                raise UserError(f"{path}: {name} claims {info.file_size} bytes, more than the file can hold")
+                raise refuse(f"{name} claims {info.file_size} bytes, more than the file can hold")
             with archive.open(info) as member:
                 try:
                     version = np.lib.format.read_magic(member)
@@ -118,14 +122,14 @@ def _check_members(path: Path) -> None:
                         raise ValueError(f"unsupported .npy version {version}")
                     header = member.tell()
                 except ValueError as err:
-                    raise UserError(f"{path}: {name} is not a plain .npy array ({err}); not loaded") from None
+                    raise refuse(f"{name} is not a plain .npy array: {err}; not loaded") from None
             if dtype.hasobject:
-                raise UserError(f"{path}: {name} holds Python objects (a pickle); not loaded, for safety")
+                raise refuse(f"{name} holds Python objects (a pickle), not loaded for safety")
             needed = math.prod(shape) * dtype.itemsize
             if needed > info.file_size - header:
-                raise UserError(
-                    f"{path}: {name} claims shape {shape} of {dtype} ({needed} bytes) but holds only "
-                    f"{info.file_size - header} bytes"
+                raise refuse(
+                    f"{name} claims shape {shape} of {dtype}, {needed} bytes, but holds only "
+                    f"{info.file_size - header}"
                 )
 
 
