@@ -155,6 +155,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file, or a damaged one") from None
     except Exception as err:
         if not zipfile.is_zipfile(path):
+            with path.open("rb") as handle:
+                damaged = handle.read(4) == b"PK\x03\x04"  # a zip archive's start, its end missing
+            if damaged:
+                raise UserError(f"checkpoint {path} cannot be read: it is cut short or damaged") from None
             raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file") from None
         reason = str(err).splitlines()[0][:200] if str(err) else "corrupt file"
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason})") from None
