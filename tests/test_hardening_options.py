@@ -529,6 +529,23 @@ def test_a_yaml_error_quotes_at_most_about_100_characters_of_a_value(tmp_path, c
     assert len(line) < SHORT_LINE + len(str(config)), line
 
 
+@pytest.mark.parametrize("column", ["date", "split"])
+def test_a_csv_value_in_an_error_is_cut_too(star_tree: Path, column: str, capsys) -> None:
+    """A photo table's cell is a user's value as much as an option is: a bad 500-character date or split
+    value is named in one line without being echoed whole."""
+    values = {"date": "2024-03-23", "split": "train"}
+    rows = [f"identity,path,{column}"]
+    for i, path in enumerate(sorted(star_tree.rglob("*.jpg"))[:4]):
+        value = "x" * 500 if i == 2 else values[column]
+        rows.append(f"a{i % 2},{path.relative_to(star_tree)},{value}")
+    (star_tree / "m.csv").write_text("\n".join(rows) + "\n")
+    argv = ["check", "--star-root", str(star_tree), "--star-csv", str(star_tree / "m.csv"), "--no-open"]
+    assert run_main(data_cli.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(500 characters)" in err
+    assert len(err) < SHORT_LINE + len(str(star_tree)), err
+
+
 def test_quoted_cuts_strings_and_nested_values() -> None:
     assert errors.quoted("abc") == "'abc'"
     assert errors.quoted("x" * 500) == "'" + "x" * 100 + "…' (500 characters)"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from megastarid.core.errors import UserError
+from megastarid.core.errors import UserError, quoted
 
 CATALOGUE_COLUMNS = ("path", "identity", "folder", "date", "dataset", "species", "split")
 READ_ISSUES = "read_issues"
@@ -59,7 +59,8 @@ def normalise_split(values: pd.Series, where: str) -> pd.Series:
     if bad.any():
         first = values[bad].iloc[0]
         raise UserError(
-            f"{where}: split value {first!r} in {int(bad.sum())} row(s); use train/gallery, val or test/query"
+            f"{where}: split value {quoted(first)} in {int(bad.sum())} row(s); "
+            "use train/gallery, val or test/query"
         )
     return lowered.map(SPLIT_NAMES)
 

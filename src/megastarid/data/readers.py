@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from megastarid.core.errors import UserError
+from megastarid.core.errors import UserError, quoted
 from megastarid.data.catalogue import as_catalogue, examples, normalise_split
 from megastarid.data.dates import parse_folder_dates
 from megastarid.data.images import is_image_file
@@ -239,7 +239,8 @@ def _csv_dates(values: pd.Series, table: pd.DataFrame, csv_path: Path) -> pd.Ser
     dates = pd.to_datetime(values, errors="coerce", format="mixed")
     bad = dates.isna() & (values != "")
     if bad.any():
-        raise UserError(f"{csv_path} line {_line(table, bad)}: cannot read date {values[bad].iloc[0]!r}")
+        value = quoted(values[bad].iloc[0])
+        raise UserError(f"{csv_path} line {_line(table, bad)}: cannot read date {value}")
     return dates
 
 
@@ -339,5 +340,6 @@ def _filter(table: pd.DataFrame, column: str, keep: Sequence[str] | None, csv_pa
     known = set(table[column])
     unknown = [name for name in keep if name not in known]
     if unknown:
-        raise UserError(f"{csv_path}: unknown {column} {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        listed = ", ".join(sorted(known))
+        raise UserError(f"{csv_path}: unknown {column} {quoted(unknown[0])} (known: {listed})")
     return table[table[column].isin(list(keep))]
