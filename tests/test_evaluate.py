@@ -20,7 +20,13 @@ from megastarid.core.runfiles import STAR_SUMMARY_JSON as SUMMARY_JSON
 from megastarid.core.runfiles import WILDLIFE_DATASET_CSV
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.evaluate import main
-from megastarid.evaluation.embeddings import NPZ_ARRAYS, EmbeddingSet, load_embeddings, save_embeddings
+from megastarid.evaluation.embeddings import (
+    NPZ_ARRAYS,
+    OPTIONAL_ARRAYS,
+    EmbeddingSet,
+    load_embeddings,
+    save_embeddings,
+)
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.training.models import build_model, save_checkpoint
@@ -179,7 +185,7 @@ def test_checkpoint_evaluation_writes_reports_and_embeddings(
 
     embeddings = load_embeddings(run / EMBEDDINGS_NPZ)
     assert embeddings.query_embeddings.shape == (summary["num_queries"], 16)
-    assert set(NPZ_ARRAYS) == set(np.load(run / EMBEDDINGS_NPZ).files)
+    assert {*NPZ_ARRAYS, *OPTIONAL_ARRAYS} == set(np.load(run / EMBEDDINGS_NPZ).files)
     assert set(embeddings.query_folders) <= set(catalogue["folder"])
 
     code, _ = run_cli(["--embeddings", str(run / EMBEDDINGS_NPZ), "--output-dir", str(run / "again")], capsys)

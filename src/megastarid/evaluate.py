@@ -21,11 +21,13 @@ from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import check_writable_folder
 from megastarid.core.options import Ints, parse_options
-from megastarid.data.options import StarDataOptions, WildlifeOptions
+from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptions
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
+from megastarid.data.splits import SplitPlan, split_catalogue
 from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embed import NonFiniteEmbeddingError
 from megastarid.evaluation.embeddings import load_embeddings
+from megastarid.evaluation.options import CalibrationOptions
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
@@ -34,14 +36,15 @@ from megastarid.training.models import load_model_from_checkpoint
 log = logging.getLogger(__name__)
 
 DESCRIPTION = (
-    "Evaluate a checkpoint (or saved embeddings) on star_dataset: per-query ranks, CMC@K and mAP, per "
-    "identity and per outing folder, with plots and the embeddings saved; with --wildlife-root, also on "
-    "WildlifeReID-10k (its test split against its train split)."
+    "Evaluate a checkpoint (or saved embeddings) on star_dataset's test side: per-query ranks, CMC@K and "
+    "mAP, per identity and per outing folder, the open-set report (known or new?) with its calibration "
+    "fitted on validation, plots and the embeddings saved; with --wildlife-root, also on WildlifeReID-10k "
+    "(its test split against its train split)."
 )
 
 
 @dataclass
-class EvaluateOptions(StarDataOptions, WildlifeOptions):
+class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, WildlifeOptions):
     """What to evaluate and how."""
 
     checkpoint: Path | None = None
@@ -64,8 +67,12 @@ class EvaluateOptions(StarDataOptions, WildlifeOptions):
     """image loading processes"""
     device: str = "auto"
     """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+    allow_seen_identities: bool = False
+    """score an open split even though the checkpoint trained on some of the individuals it treats as new
+    (the summary then says how many): by default that is refused, as the scores would flatter the model"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.checkpoint is None and self.embeddings is None:
             raise UserError("say what to evaluate: --checkpoint PATH or --embeddings FILE")
         if self.checkpoint is not None and self.embeddings is not None:
@@ -106,7 +113,22 @@ def star_catalogue(cfg: EvaluateOptions) -> pd.DataFrame:
     if cfg.star_root is None and cfg.star_csv is not None:
         raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
     root = cfg.star_root if cfg.star_root is not None else ensure_synthetic("stars")
-    return load_star_catalogue(root, cfg.star_csv)
+    return load_star_catalogue(root, cfg.star_csv, cfg.split_plan())
+
+
+def seen_new_identities(catalogue: pd.DataFrame, train_config: dict) -> list[str]:
+    """The individuals this split treats as new (test side only) that the checkpoint trained on: its own
+    split of the same catalogue, rebuilt from the plan recorded in its config. A checkpoint that never saw
+    star_dataset (pre-training) has seen none."""
+    known = set(catalogue.loc[catalogue["split"].isin(["train", "val"]), "identity"])
+    new = set(catalogue.loc[catalogue["split"] == "test", "identity"]) - known
+    if not new or "split" not in train_config:
+        return []
+    recorded = {key: train_config[key] for key in ("gallery_fraction", "new_fraction", "val_fraction")}
+    cut = train_config.get("cut_date")
+    plan = SplitPlan(train_config["split"], cut_date=None if cut is None else pd.Timestamp(cut), **recorded)
+    trained = split_catalogue(catalogue.drop(columns="split").assign(split=""), plan)
+    return sorted(new & set(trained.loc[trained["split"] == "train", "identity"]))
 
 
 def _announce(out_dir: Path) -> None:
@@ -131,10 +153,20 @@ def run(cfg: EvaluateOptions) -> dict:
             options=options,
             rerank=cfg.rerank,
             device=device,
+            openset=cfg.openset_settings(),
             embeddings_file=str(cfg.embeddings),
         )
     model, train_config = load_model_from_checkpoint(cfg.checkpoint, device)
     catalogue = star_catalogue(cfg)
+    seen = seen_new_identities(catalogue, train_config)
+    if seen and not cfg.allow_seen_identities:
+        raise UserError(
+            f"--checkpoint {cfg.checkpoint} trained on {len(seen)} of the individuals that --split "
+            f"{cfg.split} treats as new (e.g. {seen[0]}): evaluate with the split it was trained with "
+            f"(--split {train_config['split']}) or pass --allow-seen-identities"
+        )
+    if seen:
+        log.warning("%d individuals scored as new were seen in training (--allow-seen-identities)", len(seen))
     if cfg.image_size is None and "image_size" not in train_config:
         raise UserError(f"checkpoint {cfg.checkpoint} does not say its image size: pass --image-size")
     check_writable_folder(out_dir, "--output-dir")
@@ -142,6 +174,7 @@ def run(cfg: EvaluateOptions) -> dict:
     image_size = cfg.image_size or int(train_config["image_size"])
     options["image_size"] = image_size
     options["train_config"] = train_config
+    options["seen_new_identities"] = len(seen)  # > 0 only with --allow-seen-identities
     common = {"tta": cfg.tta, "batch_size": cfg.batch_size, "num_workers": cfg.workers}
     summary = evaluate_star(
         model,
@@ -153,6 +186,7 @@ def run(cfg: EvaluateOptions) -> dict:
         cfg.checkpoint,
         options,
         rerank=cfg.rerank,
+        openset=cfg.openset_settings(),
         **common,
     )
     if cfg.wildlife_root is not None:

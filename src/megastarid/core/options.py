@@ -56,6 +56,16 @@ CONFIG_HELP = (
 )
 
 
+@dataclasses.dataclass
+class Options:
+    """The base of every option dataclass. Each ``__post_init__`` checks its own fields and then calls
+    ``super().__post_init__()``, so option mixins (star data, split, calibration ...) compose in any
+    command and every one of their checks runs."""
+
+    def __post_init__(self) -> None:
+        """Nothing to check at the root."""
+
+
 def flag(name: str) -> str:
     """A field name as its command-line flag: ``circle_weight`` -> ``--circle-weight``."""
     return "--" + name.replace("_", "-")

@@ -1,5 +1,9 @@
 """Query/gallery embeddings with their identities, paths and folders, and their ``.npz`` file format.
 
+The gallery is the whole train side, validation included; ``gallery_splits`` says which gallery rows are
+validation ("val"), so the validation figures (val rows against the "train" rows) can be recomputed from
+the file too. ``protocol`` is the split protocol the sides come from (temporal, time-cut, identity-holdout).
+
 The file lets anyone recompute every reported number without the model, so loading it checks
 everything a hand-edited or truncated file can get wrong and says what, in one line.
 """
@@ -15,6 +19,7 @@ import numpy as np
 
 from megastarid.core.errors import UserError
 from megastarid.core.files import atomic_write
+from megastarid.data.splits import PROTOCOLS
 
 _SIDES = ("query", "gallery")
 _LABELS = ("identities", "paths", "folders")
@@ -32,11 +37,25 @@ class EmbeddingSet:
     gallery_paths: np.ndarray
     query_folders: np.ndarray
     gallery_folders: np.ndarray
+    gallery_splits: np.ndarray | None = None  # "train" / "val" per gallery row; None: all "train"
+    protocol: str = "temporal"
+
+    def __post_init__(self) -> None:
+        if self.gallery_splits is None:
+            object.__setattr__(self, "gallery_splits", np.full(len(self.gallery_identities), "train"))
+
+    @property
+    def is_val(self) -> np.ndarray:
+        """Gallery rows on the validation side."""
+        assert self.gallery_splits is not None
+        return self.gallery_splits == "val"
 
     @classmethod
     def from_arrays(cls, **arrays: object) -> EmbeddingSet:
         """Coerce to float32 embeddings and unicode string labels (never object arrays)."""
-        coerced = {}
+        coerced: dict[str, object] = {"protocol": str(arrays.get("protocol", "temporal"))}
+        if arrays.get("gallery_splits") is not None:
+            coerced["gallery_splits"] = np.asarray(arrays["gallery_splits"]).astype(str)
         for name in NPZ_ARRAYS:
             value = np.asarray(arrays[name])
             if name.endswith("_embeddings"):
@@ -46,8 +65,9 @@ class EmbeddingSet:
         return cls(**coerced)
 
 
-#: The array names of ``star_embeddings.npz``, in file order.
-NPZ_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(EmbeddingSet))
+#: The arrays every ``star_embeddings.npz`` has, in file order; ``OPTIONAL_ARRAYS`` were added later.
+OPTIONAL_ARRAYS = ("gallery_splits", "protocol")
+NPZ_ARRAYS: tuple[str, ...] = tuple(f.name for f in fields(EmbeddingSet) if f.name not in OPTIONAL_ARRAYS)
 
 
 def save_embeddings(path: Path, embeddings: EmbeddingSet) -> Path:
@@ -57,7 +77,8 @@ def save_embeddings(path: Path, embeddings: EmbeddingSet) -> Path:
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as handle:  # a file, not a name: np.savez would append ".npz" to the name
-            np.savez(handle, **{name: getattr(embeddings, name) for name in NPZ_ARRAYS})
+            arrays = {name: getattr(embeddings, name) for name in (*NPZ_ARRAYS, *OPTIONAL_ARRAYS)}
+            np.savez(handle, **arrays)
 
     return atomic_write(path, write)
 
@@ -77,6 +98,7 @@ def load_embeddings(path: Path) -> EmbeddingSet:
             if missing:
                 raise UserError(f"{path}: missing array(s) {', '.join(missing)}")
             arrays = {name: loaded[name] for name in NPZ_ARRAYS}
+            arrays.update({name: loaded[name] for name in OPTIONAL_ARRAYS if name in loaded.files})
     except MemoryError:
         raise UserError(f"{path}: its arrays do not fit in memory") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -162,3 +184,12 @@ def _validate(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for side in _SIDES:
         if arrays[f"{side}_embeddings"].shape[0] == 0:
             raise UserError(f"{path}: {side}_embeddings is empty; nothing to evaluate")
+    splits = arrays.get("gallery_splits")
+    if splits is not None and (
+        splits.shape != (arrays["gallery_embeddings"].shape[0],)
+        or not np.isin(splits.astype(str), ["train", "val"]).all()
+    ):
+        raise UserError(f"{path}: gallery_splits must hold train or val for every gallery row")
+    protocol = arrays.get("protocol")
+    if protocol is not None and (protocol.shape != () or str(protocol) not in PROTOCOLS):
+        raise UserError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}")

@@ -22,6 +22,7 @@ from megastarid.core.errors import UserError, quoted
 from megastarid.core.files import atomic_write_text
 from megastarid.core.options import (
     GpuIdsOrNone,
+    Options,
     Seed,
     flag,
     option_value,
@@ -30,7 +31,8 @@ from megastarid.core.options import (
     run_control,
     switch_value,
 )
-from megastarid.data.options import StarDataOptions, WildlifeOptions
+from megastarid.data.options import SplitOptions, StarDataOptions, ValidationOptions, WildlifeOptions
+from megastarid.evaluation.options import CalibrationOptions
 from megastarid.training.models import DEFAULT_BACKBONE
 
 __all__ = [
@@ -51,7 +53,7 @@ INPUT_PATHS = ("backbone_weights", "checkpoint", "star_root", "star_csv", "wildl
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Options shared by every training strategy; the subclasses set the strategy's defaults."""
 
     output_dir: Path = Path("checkpoints/megastarid/run")
@@ -110,6 +112,9 @@ class TrainConfig:
     """batch size when embedding images for evaluation"""
     max_bad_steps: int = 20
     """stop after this many steps in a row with a NaN/inf loss"""
+    monitor_test: bool = False
+    """also score the test side at every evaluation, as test_* curves in history.csv and the plots; they
+    are never used for any choice (best.pth, early stopping and the calibration come from validation)"""
     resume: bool = run_control()
     """continue the run in --output-dir from its last.pth (alone, with the options it was started with);
     command line only, never saved in config.yaml"""
@@ -118,6 +123,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Raise a one-line ``UserError`` for a value that cannot work, before any work starts."""
+        super().__post_init__()
         positive = (
             "epochs",
             "batch_size",
@@ -174,14 +180,14 @@ class TrainConfig:
 
 
 @dataclass
-class PretrainConfig(WildlifeOptions, TrainConfig):
+class PretrainConfig(WildlifeOptions, ValidationOptions, TrainConfig):
     """Pre-training on WildlifeReID-10k; the best checkpoint is chosen by its validation mAP."""
 
     output_dir: Path = Path("checkpoints/megastarid/pretrain")
 
 
 @dataclass
-class FinetuneConfig(StarDataOptions, TrainConfig):
+class FinetuneConfig(StarDataOptions, SplitOptions, CalibrationOptions, TrainConfig):
     """Fine-tuning on star_dataset from a checkpoint, or the star-only baseline without one."""
 
     output_dir: Path = Path("checkpoints/megastarid/finetune")

@@ -75,7 +75,8 @@ class TrainTask:
     make_sampler: Callable[[int, int], Any]  # (rank, world_size) -> batch sampler with set_epoch()
     build_model: Callable[[], EmbeddingModel]
     evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # metrics of the model as it is now
-    metric: str  # the key of evaluate()'s result that chooses best.pth, e.g. "star_mAP"
+    metric: str | None  # the validation key of evaluate()'s result that chooses best.pth, e.g.
+    # "val_star_mAP"; None when there is no validation side: best.pth is then the last epoch
     final_report: Callable[[nn.Module, torch.device, Path], dict[str, Any]] | None = (
         None  # best model -> files
     )
@@ -632,9 +633,12 @@ class _Run:
         metrics = self._evaluate() if due else {}
         state.epoch = epoch
         state.history.append({"epoch": epoch, **stats, **metrics})
-        score = metrics.get(self.task.metric)
+        score = metrics.get(self.task.metric) if self.task.metric is not None else None
         if score is not None and score > state.best_metric:
             state.best_metric, state.best_epoch = float(score), epoch
+            self._save(BEST_CHECKPOINT)
+        elif self.task.metric is None:  # nothing may choose: the last epoch is the one reported
+            state.best_epoch = epoch
             self._save(BEST_CHECKPOINT)
         if cfg.patience and score is not None and epoch - state.best_epoch >= cfg.patience:
             state.stopped_early = True
@@ -663,8 +667,7 @@ class _Run:
         """After the last epoch (rank 0): curves, the strategy's report from best.pth, run_summary.json."""
         if self.rank0:
             state = self.state
-            prefix = self.task.metric.removesuffix("mAP")
-            plot_training_curves(state.history, self.dir / TRAINING_CURVES_PNG, prefix)
+            plot_training_curves(state.history, self.dir / TRAINING_CURVES_PNG)
             if self.task.final_report is not None:
                 model, _ = load_model_from_checkpoint(self.dir / BEST_CHECKPOINT, self.fabric.device)
                 with torch.no_grad():
@@ -675,7 +678,7 @@ class _Run:
                 {
                     "status": "finished",
                     "best_epoch": state.best_epoch,
-                    "best_metric": state.best_metric,
+                    "best_metric": state.best_metric if math.isfinite(state.best_metric) else None,
                     "metric": self.task.metric,
                     "epochs_completed": state.epoch,
                     "stopped_early": state.stopped_early,
@@ -684,11 +687,10 @@ class _Run:
                     "skipped_steps": state.skipped_steps,
                 },
             )
-            log.info(
-                "done: best %s %.4f at epoch %d; results in %s",
-                self.task.metric,
-                state.best_metric,
-                state.best_epoch,
-                self.dir,
+            chosen = (
+                f"best {self.task.metric} {state.best_metric:.4f}"
+                if self.task.metric is not None
+                else "no validation side, the last epoch kept"
             )
+            log.info("done: %s at epoch %d; results in %s", chosen, state.best_epoch, self.dir)
         self.fabric.barrier()
