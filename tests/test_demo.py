@@ -14,6 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two whole demos, each with its catalogue and identify processes
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     argv = [
@@ -37,6 +38,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys) -> None:
         fine / "star_evaluation_summary.json",
         fine / "training_curves.png",
         out / "demo_summary.json",
+        out / "matches" / "matches.csv",
+        out / "matches" / "lineup.html",
     ):
         assert str(path) in printed and path.is_file()
     for name in ("star_openset_summary.json", "calibration.json", "openset_curve.png", "reliability.png"):

@@ -4,13 +4,17 @@ Pre-trains a small backbone briefly on synthetic wildlife, fine-tunes it on synt
 checkpoint under the time-cut protocol (validation chooses the checkpoint and fits the calibration; the
 later test side, with its newly recruited individuals, is scored once), and says where the results and
 plots are: retrieval of known individuals before and after fine-tuning, and the open-set figures ("known
-or new?"). The sizes are chosen so that it runs in about five minutes on two CPU cores and visibly learns.
+or new?"). Then the biologist's loop: a catalogue of the known photos built with the fine-tuned model, and
+``identify`` on the test side's photos, with the lineup page to confirm them. The sizes are chosen so that
+it runs in about five minutes on two CPU cores and visibly learns.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,13 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.files import write_json
+from megastarid.core.files import atomic_write_text, write_json
 from megastarid.core.options import flag, parse_options
-from megastarid.core.runfiles import BEST_CHECKPOINT, STAR_OPENSET_SUMMARY_JSON, STAR_SUMMARY_JSON
+from megastarid.core.runfiles import (
+    BEST_CHECKPOINT,
+    LINEUP_HTML,
+    MATCHES_CSV,
+    STAR_OPENSET_SUMMARY_JSON,
+    STAR_SUMMARY_JSON,
+)
+from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.star import evaluate_star
 from megastarid.training.config import FinetuneConfig, PretrainConfig, TrainConfig
 from megastarid.training.models import load_model_from_checkpoint
@@ -42,7 +54,7 @@ class DemoOptions:
     """Where the demo writes and the few knobs worth turning."""
 
     output_dir: Path = Path("runs/demo")
-    """where both runs go (pretrain/, finetune/, demo_summary.json)"""
+    """where everything goes (pretrain/, finetune/, archive.sqlite, matches/, demo_summary.json)"""
     backbone: str = "resnet18"
     """timm backbone"""
     image_size: int = 64
@@ -79,6 +91,40 @@ def before_finetuning(checkpoint: Path, finetune: FinetuneConfig) -> dict[str, A
         return evaluate_star(model, star_catalogue(finetune), None, finetune.image_size, "cpu", batch_size=64)
 
 
+def _command(*argv: str) -> None:
+    """Run another megastarid command as its own process (the demo is a command: it imports none)."""
+    log.info("demo: megastarid %s", " ".join(argv))
+    done = subprocess.run([sys.executable, "-m", f"megastarid.{argv[0]}", *argv[1:]], check=False)
+    if done.returncode:
+        raise SystemExit(done.returncode)
+
+
+def catalogue_and_identify(finetune: FinetuneConfig, out: Path) -> tuple[Path, Path]:
+    """The biologist's loop on the synthetic stars: a catalogue of the known side (train and validation
+    photos) built with the fine-tuned model and its calibration, then ``identify`` on the test side's
+    photos, one encounter per outing folder. Returns the paths of matches.csv and the lineup page."""
+    catalogue = star_catalogue(finetune)
+    root = Path(finetune.star_root) if finetune.star_root is not None else ensure_synthetic("stars")
+    known = catalogue[catalogue["split"].isin(["train", "val"])]
+    gallery_csv = out / "catalogue_photos.csv"
+    table = pd.DataFrame(
+        {
+            "identity": known["identity"],
+            "path": [os.path.relpath(path, root) for path in known["path"]],
+            "outing": known["folder"],
+            "date": known["date"].dt.strftime("%Y-%m-%d"),
+        }
+    )
+    atomic_write_text(gallery_csv, table.to_csv(index=False))
+    archive, matches = out / "archive.sqlite", out / "matches"
+    checkpoint = Path(finetune.output_dir) / BEST_CHECKPOINT
+    _command("catalogue", "build", "--checkpoint", str(checkpoint), "--star-root", str(root), "--star-csv",
+             str(gallery_csv), "--catalogue", str(archive), "--rebuild")  # fmt: skip
+    outings = sorted({str(Path(path).parent) for path in catalogue.loc[catalogue["split"] == "test", "path"]})
+    _command("identify", "--catalogue", str(archive), "--out", str(matches), *outings)
+    return matches / MATCHES_CSV, matches / LINEUP_HTML
+
+
 def summarise(before: dict[str, Any], finetune_dir: Path, wall_time_s: float) -> dict[str, Any]:
     """Known-individual retrieval before vs after fine-tuning, and the fine-tuned model's open-set figures,
     all on the test side."""
@@ -102,9 +148,7 @@ def summarise(before: dict[str, Any], finetune_dir: Path, wall_time_s: float) ->
         "final_mAP": final["mAP"],
         "final_CMC@1": final["CMC@1"],
         "mAP_gain": float(final["mAP"]) / max(float(before["mAP"]), 1e-9),
-        "num_known_queries": final["num_scored_queries"]
-        if "num_scored_queries" in final
-        else final.get("num_queries"),
+        "num_known_queries": final["num_scored_queries"],
         "openset": {key: openset.get(key) for key in keys} | {"new_queries": openset.get("num_new_queries")},
     }
 
@@ -139,6 +183,7 @@ def demo(options: DemoOptions) -> int:
     )
     before = before_finetuning(pre_dir / BEST_CHECKPOINT, finetune)
     _phase("finetune", run_finetune, finetune)
+    matches, lineup = catalogue_and_identify(finetune, out)
     result = summarise(before, fine_dir, time.perf_counter() - started)
     write_json(out / "demo_summary.json", result)
     f, o = _figure, result["openset"]
@@ -157,6 +202,8 @@ def demo(options: DemoOptions) -> int:
         f"  plots:    {fine_dir}/training_curves.png, openset_curve.png, reliability.png, "
         f"{pre_dir}/training_curves.png",
         f"  models:   {pre_dir}/best.pth (pre-trained), {fine_dir}/best.pth (fine-tuned)",
+        f"  identify: the test side's photos against the catalogue {out}/archive.sqlite: {matches}",
+        f"  lineup:   {lineup} (open it in a browser to confirm the matches)",
         f"  summary:  {out}/demo_summary.json",
     ]
     print("\n".join(lines))
