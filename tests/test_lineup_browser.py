@@ -123,6 +123,18 @@ def open_page(browser: Any, url: str, context: Any = None) -> Page:
     return seen
 
 
+#: load the lazy thumbnails now and wait for them (a promise: the page's policy forbids the string evaluation
+#: that Playwright's wait_for_function polls with)
+LOAD_IMAGES = """() => Promise.all(Array.from(document.images).map((img) => {
+    img.loading = "eager";
+    return img.complete ? null : new Promise((done) => { img.onload = img.onerror = done; });
+}))"""
+
+
+def load_every_image(page: Any) -> None:
+    page.evaluate(LOAD_IMAGES)
+
+
 def section(page: Any, lineup: Lineup, folder: str) -> Any:
     return page.locator(f"section#q-{lineup.query(folder)['id']}")
 
@@ -203,8 +215,7 @@ def decided(lineup: Lineup, browser: Any, tmp_path_factory: pytest.TempPathFacto
     text = export(page)
 
     # a screenshot of the decided lineup, every thumbnail loaded
-    page.evaluate("document.querySelectorAll('img').forEach((img) => { img.loading = 'eager'; })")
-    page.wait_for_function("Array.from(document.images).every((img) => img.complete)")
+    load_every_image(page)
     page.evaluate("window.scrollTo(0, 0)")
     shot = tmp_path_factory.mktemp("lineup-shot") / "lineup.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -253,8 +264,7 @@ def test_page_loads_offline_without_console_errors_and_shows_every_query_and_can
     shown = page.eval_on_selector_all("section.query", "nodes => nodes.map((n) => n.dataset.verdict)")
     assert shown == sorted(shown, key=VERDICT_ORDER.index)
     # every thumbnail is a local file that loads
-    page.evaluate("document.querySelectorAll('img').forEach((img) => { img.loading = 'eager'; })")
-    page.wait_for_function("Array.from(document.images).every((img) => img.complete)")
+    load_every_image(page)
     broken = page.eval_on_selector_all(
         "img", "nodes => nodes.filter((n) => !n.naturalWidth).map((n) => n.src)"
     )

@@ -365,13 +365,13 @@
 
   document.addEventListener("keydown", (event) => {
     const target = event.target;
-    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) {
-      if (event.key === "Escape") target.blur();
+    if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "s") {
+      event.preventDefault(); // export, even while typing a name or a note
+      exportDecisions();
       return;
     }
-    if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === "s") {
-      event.preventDefault();
-      exportDecisions();
+    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) {
+      if (event.key === "Escape") target.blur();
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
