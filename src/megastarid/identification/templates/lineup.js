@@ -34,9 +34,11 @@
 
   function notice(text) {
     const box = document.getElementById("notice");
-    const message = text || (storageOk ? "" :
-      "This browser does not let the page keep decisions: export them before you close or reload it.");
+    const warning = storageOk ? "" :
+      "This browser does not let the page keep decisions: export them before you close or reload it.";
+    const message = text || warning;
     box.textContent = message;
+    box.classList.toggle("warn", Boolean(warning) && !text);
     box.hidden = !message;
   }
 
