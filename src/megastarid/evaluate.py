@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
@@ -31,6 +30,7 @@ from megastarid.evaluation.options import CalibrationOptions
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
+from megastarid.training.embedders import resolve_device
 from megastarid.training.models import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,6 @@ class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, Wildlif
         if not self.ks or min(self.ks) < 1:
             raise UserError(f"--ks: ranks must be positive integers, got {','.join(map(str, self.ks))!r}")
         self.ks = tuple(sorted(set(self.ks)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a torch device (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def star_catalogue(cfg: EvaluateOptions) -> pd.DataFrame:
