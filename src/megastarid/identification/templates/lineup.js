@@ -147,7 +147,8 @@
       }
       const seen = [];
       if (cand.num_photos !== null) seen.push(cand.num_photos + (cand.num_photos === 1 ? " photo" : " photos"));
-      if (cand.first_seen || cand.last_seen) seen.push("seen " + (cand.first_seen || "?") + " … " + (cand.last_seen || "?"));
+      if (cand.first_seen && cand.last_seen) seen.push("seen " + cand.first_seen + " … " + cand.last_seen);
+      else if (cand.last_seen) seen.push("last seen " + cand.last_seen);
       const confirm = h("button", { type: "button", class: "confirm", text: "Confirm " + cand.rank, title: "key " + cand.rank });
       confirm.addEventListener("click", () => decide(id, { decision: "confirm", rank: cand.rank, identity: cand.identity }));
       const card = h("div", { class: "cand", dataset: { rank: String(cand.rank) } }, [
