@@ -1,4 +1,5 @@
-"""The embedding model and its checkpoints: normalised output, local weights, offline, safe loading."""
+"""The embedding model and its checkpoints: normalised output, the head options (GeM, multi-scale), local
+weights, offline, safe loading."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from megastarid.core.errors import UserError
 from megastarid.training.models import (
+    GeM,
     build_model,
     load_checkpoint,
     load_model_from_checkpoint,
@@ -34,6 +36,34 @@ def test_other_backbone_families_work(backbone: str) -> None:
     size = 32 if backbone == "test_vit" else 64
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    "backbone", ["resnet18", "test_convnext", "test_vit", "mobilenetv3_small_050", "test_mambaout"]
+)
+def test_every_head_works_on_other_backbone_families(backbone: str) -> None:
+    """test_vit's stages come from its tokens, test_mambaout's are channels-last: each is pooled right."""
+    size = 32 if backbone == "test_vit" else 64
+    for pooling, multiscale in (("gem", False), ("avg", True), ("gem", True)):
+        model = build_model(backbone, embedding_dim=16, pooling=pooling, multiscale=multiscale)
+        emb = model(torch.randn(2, 3, size, size))
+        assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+        emb.sum().backward()
+        assert all(p.grad is not None for p in model.head_parameters() if p.dim() == 2)  # every projection
+
+
+def test_gem_is_the_mean_at_p_1_nears_the_max_as_p_grows_and_pools_in_float32() -> None:
+    maps = torch.rand(2, 4, 3, 5) + 0.1
+    gem = GeM()
+    assert gem.p.item() == 3.0
+    with torch.no_grad():
+        gem.p.fill_(1.0)
+        torch.testing.assert_close(gem(maps), maps.mean((2, 3)))
+        gem.p.fill_(64.0)
+        assert (gem(maps) - maps.amax((2, 3))).abs().max() < 0.05
+        gem.p.fill_(3.0)
+        half = gem(torch.full((1, 2, 2, 2), 100.0, dtype=torch.float16))  # 100^3 overflows float16
+        torch.testing.assert_close(half, torch.full((1, 2), 100.0))
 
 
 def test_local_backbone_weights_are_loaded(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from megastarid.core.options import (
 )
 from megastarid.data.options import SplitOptions, StarDataOptions, ValidationOptions, WildlifeOptions
 from megastarid.evaluation.options import CalibrationOptions
-from megastarid.training.models import DEFAULT_BACKBONE
+from megastarid.training.models import DEFAULT_BACKBONE, POOLINGS, Pooling
 
 __all__ = [
     "CotrainConfig",
@@ -66,6 +66,12 @@ class TrainConfig(Options):
     """local weights file for the backbone (works offline)"""
     embedding_dim: int = 512
     """size of the L2-normalised embedding"""
+    pooling: Pooling = "avg"
+    """head pooling: avg (the backbone's own) or gem (generalized mean with a learnable exponent, over the
+    last stage's feature map)"""
+    multiscale: bool = False
+    """fuse the last three backbone stages (each pooled and projected to the embedding size, summed) before
+    the BNNeck"""
     image_size: int = 384
     """square training and evaluation image size in pixels"""
     epochs: int = 50
@@ -158,6 +164,11 @@ class TrainConfig(Options):
             )
         if self.image_size < 32:
             raise UserError(f"--image-size must be at least 32, got {self.image_size}")
+        if self.pooling not in POOLINGS or not isinstance(self.multiscale, bool):
+            raise UserError(
+                f"--pooling must be {' or '.join(POOLINGS)} and --multiscale a switch, got "
+                f"{quoted(str(self.pooling))} and {quoted(str(self.multiscale))}"
+            )
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: pick one")
         gpus = self.gpus

@@ -33,6 +33,7 @@ from megastarid.training.models import (
     DEFAULT_BACKBONE,
     EmbeddingModel,
     build_model,
+    checkpoint_head,
     load_checkpoint,
     model_from_checkpoint,
 )
@@ -109,7 +110,8 @@ def pk_sampler_factory(data: TrainSet, cfg: TrainConfig) -> Callable[[int, int],
 
 
 def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
-    """With ``--checkpoint``, the backbone and embedding size are the checkpoint's (a clash is an error)."""
+    """With ``--checkpoint``, the backbone and embedding size are the checkpoint's (a clash is an error),
+    and its head must be the one asked for (``--pooling``, ``--multiscale``)."""
     if cfg.checkpoint is None:
         return dataclasses.replace(cfg, backbone=cfg.backbone or DEFAULT_BACKBONE)
     saved = load_checkpoint(cfg.checkpoint)["config"]
@@ -118,6 +120,13 @@ def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
             f"--backbone {cfg.backbone} differs from the --checkpoint's {saved['backbone']}: "
             "leave out --backbone"
         )
+    saved_head, asked = checkpoint_head(saved), (cfg.pooling, cfg.multiscale)
+    if asked != saved_head:
+        spell = [
+            f"--pooling {pooling}" + (" --multiscale" if multi else "")
+            for pooling, multi in (asked, saved_head)
+        ]
+        raise UserError(f"{spell[0]} differs from the --checkpoint's head: pass {spell[1]}")
     return dataclasses.replace(cfg, backbone=saved["backbone"], embedding_dim=int(saved["embedding_dim"]))
 
 
@@ -130,12 +139,13 @@ def model_factory(cfg: TrainConfig) -> Callable[[], EmbeddingModel]:
     assert cfg.backbone is not None
 
     def make() -> EmbeddingModel:
+        head = {"pooling": cfg.pooling, "multiscale": cfg.multiscale}
         if cfg.resume:
-            return build_model(cfg.backbone, cfg.embedding_dim)
+            return build_model(cfg.backbone, cfg.embedding_dim, **head)
         if checkpoint is not None:
             log.info("starting from %s", checkpoint)
             return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        return build_model(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.backbone_weights)
+        return build_model(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.backbone_weights, **head)
 
     return make
 
