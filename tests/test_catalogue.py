@@ -62,7 +62,7 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def build(stars: Path, checkpoint: Path, catalogue: Path, **kwargs):
-    embedder = checkpoint_embedder(checkpoint, torch.device("cpu"), tta=kwargs.pop("tta", False))
+    embedder = checkpoint_embedder(checkpoint, torch.device("cpu"), tta=kwargs.pop("tta", "none"))
     with open_catalogue(catalogue, create=True) as store:
         return build_catalogue(store, read_star_tree(stars), stars, embedder, progress=False, **kwargs)
 
@@ -147,8 +147,8 @@ def test_another_model_is_refused_unless_rebuild(
     other = make_checkpoint(tmp_path / "other" / "best.pth", seed=1)
     with pytest.raises(UserError, match=r"built with another model \(sha256 .*--rebuild"):
         build(stars, other, catalogue)
-    with pytest.raises(UserError, match="tta False vs True"):
-        build(stars, checkpoint, catalogue, tta=True)
+    with pytest.raises(UserError, match="tta 'none' vs 'flip'"):
+        build(stars, checkpoint, catalogue, tta="flip")
     report = build(stars, other, catalogue, rebuild=True)
     assert report.embedded == 16 and report.photos == 16
     capsys.readouterr()

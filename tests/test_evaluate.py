@@ -139,7 +139,7 @@ def test_module_entry_point_exit_code_and_stderr(tmp_path: Path) -> None:
 
 def test_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     npz = save_embeddings(tmp_path / "e.npz", EmbeddingSet.from_arrays(**embedding_arrays()))
-    code, err = run_cli(["--embeddings", str(npz), "--tta"], capsys)
+    code, err = run_cli(["--embeddings", str(npz), "--tta", "flip"], capsys)
     assert code == 2
     assert err == "megastarid: error: --tta needs --checkpoint: saved embeddings cannot be re-embedded\n"
     code, err = run_cli(["--embeddings", str(npz), "--ks", "0,5"], capsys)
@@ -170,7 +170,9 @@ def test_checkpoint_evaluation_writes_reports_and_embeddings(
 ) -> None:
     bad = star_tree / "SiteA" / "star2" / "2024-05-01" / "zero.jpg"  # a query-side outing
     bad.write_bytes(b"")
-    code, err = run_cli(["--checkpoint", str(checkpoint), "--star-root", str(star_tree), "--tta"], capsys)
+    code, err = run_cli(
+        ["--checkpoint", str(checkpoint), "--star-root", str(star_tree), "--tta", "flip"], capsys
+    )
     assert code == 0, err
     run = checkpoint.parent
     assert {p.name for p in run.iterdir()} >= REPORTS | {EMBEDDINGS_NPZ}
@@ -179,7 +181,7 @@ def test_checkpoint_evaluation_writes_reports_and_embeddings(
     assert summary["num_queries"] == int((catalogue["split"] == "test").sum()) - 1
     assert summary["gallery_size"] == int((catalogue["split"] == "train").sum())
     assert summary["num_unreadable_images"] == 1 and summary["unreadable_images"] == [str(bad)]
-    assert summary["checkpoint"] == str(checkpoint) and summary["tta"] is True
+    assert summary["checkpoint"] == str(checkpoint) and summary["tta"] == "flip"
     assert summary["options"]["train_config"]["backbone"] == "test_resnet"
     assert "skipped 1 unreadable image(s)" in caplog.text and str(bad) in caplog.text
 

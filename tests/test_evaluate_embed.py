@@ -31,18 +31,18 @@ class PixelModel(nn.Module):
         return F.normalize(self.linear(images.flatten(1)), dim=1)
 
 
-def reference(model: nn.Module, paths: list[Path], tta: bool) -> np.ndarray:
+def reference(model: nn.Module, paths: list[Path], tta: str) -> np.ndarray:
     transform = build_eval_transform(SIZE)
     batch = torch.stack([transform(load_rgb(p, SIZE)) for p in paths])
     with torch.no_grad():
         emb = model(batch)
-        if tta:
+        if tta == "flip":
             emb = F.normalize((emb + model(batch.flip(-1))) / 2, dim=1)
     return emb.numpy()
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_embeddings_in_order_with_and_without_tta(tmp_path: Path, tta: bool) -> None:
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_embeddings_in_order_with_and_without_tta(tmp_path: Path, tta: str) -> None:
     paths = [write_image(tmp_path / f"ü {i}.jpg", (40, 30), seed=i) for i in range(5)]
     model = PixelModel()
     emb = embed_images(model, [str(p) for p in paths], SIZE, "cpu", batch_size=2, tta=tta)
@@ -55,7 +55,7 @@ def test_tta_differs_from_plain_for_an_asymmetric_model(tmp_path: Path) -> None:
     paths = [str(write_image(tmp_path / "a.png", (20, 20), seed=1))]
     model = PixelModel()
     plain = embed_images(model, paths, SIZE, "cpu")
-    assert not np.allclose(plain, embed_images(model, paths, SIZE, "cpu", tta=True))
+    assert not np.allclose(plain, embed_images(model, paths, SIZE, "cpu", tta="flip"))
 
 
 def test_unreadable_files_are_nan_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

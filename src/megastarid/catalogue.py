@@ -19,11 +19,12 @@ from typing import Literal
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import Options, flag, parse_options
+from megastarid.core.options import Options, parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.data.options import StarDataOptions
 from megastarid.data.readers import read_star_csv, read_star_tree
 from megastarid.data.synth import ensure_synthetic
+from megastarid.evaluation.options import EmbeddingOptions
 from megastarid.identification.build import COMMIT_EVERY, build_catalogue
 from megastarid.identification.calibrate import describe, read_calibration, update_calibration
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
@@ -49,7 +50,7 @@ INFO_DESCRIPTION = "Print what a catalogue holds: individuals, photos, outings, 
 
 
 @dataclass(kw_only=True)
-class BuildOptions(StarDataOptions):
+class BuildOptions(EmbeddingOptions, StarDataOptions):
     """What to catalogue, with which model."""
 
     catalogue: Path
@@ -65,8 +66,6 @@ class BuildOptions(StarDataOptions):
     """with --backbone: local weights file (a state dict), works offline"""
     image_size: int | None = None
     """image size in pixels (None: the checkpoint's training size, or the backbone's default)"""
-    tta: bool = False
-    """average each embedding with its mirror image's (identify then does the same)"""
     calibration: Path | None = None
     """calibration.json to store (default: the checkpoint's, else one fitted on the catalogue itself)"""
     accept: float | None = None
@@ -75,12 +74,6 @@ class BuildOptions(StarDataOptions):
     """empty a catalogue built with another model and embed every photo again"""
     commit_every: int = COMMIT_EVERY
     """photos per transaction (a killed build loses at most one batch)"""
-    batch_size: int = 64
-    """images per embedding batch"""
-    workers: int = 0
-    """image loading processes"""
-    device: str = "auto"
-    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.backbone is None):
@@ -94,15 +87,13 @@ class BuildOptions(StarDataOptions):
             )
         if self.star_csv is not None and self.star_root is None:
             raise UserError("--star-csv needs --star-root (the folder its paths are relative to)")
-        for name in ("commit_every", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.commit_every < 1:
+            raise UserError(f"--commit-every must be >= 1, got {self.commit_every}")
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"--image-size must be positive, got {self.image_size}")
         if self.accept is not None and not 0 < self.accept <= 1:
             raise UserError(f"--accept must be in (0, 1], got {self.accept}")
+        super().__post_init__()
 
 
 def make_embedder(options: BuildOptions) -> Embedder:
@@ -183,7 +174,7 @@ def info_lines(summary: dict) -> list[str]:
     if model:
         lines.append(
             f"model        {model['kind']} {model['backbone']} ({made_from}), {model['image_size']} px, "
-            f"{model['embedding_dim']}-d, TTA {'on' if model['tta'] else 'off'}, "
+            f"{model['embedding_dim']}-d, TTA {model['tta']}, "
             f"sha256 {model['sha256'][:12]}"
         )
     lines.append(f"calibration  {describe(summary.get('calibration'))}")

@@ -26,7 +26,7 @@ from megastarid.data.splits import SplitPlan, split_catalogue
 from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embed import NonFiniteEmbeddingError
 from megastarid.evaluation.embeddings import load_embeddings
-from megastarid.evaluation.options import CalibrationOptions
+from megastarid.evaluation.options import CalibrationOptions, EmbeddingOptions
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
@@ -44,7 +44,7 @@ DESCRIPTION = (
 
 
 @dataclass
-class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, WildlifeOptions):
+class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, WildlifeOptions, EmbeddingOptions):
     """What to evaluate and how."""
 
     checkpoint: Path | None = None
@@ -55,18 +55,10 @@ class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, Wildlif
     """report folder (None: the checkpoint's or embeddings' folder); earlier reports there are replaced"""
     ks: Ints = DEFAULT_KS
     """CMC ranks, comma-separated"""
-    tta: bool = False
-    """average each embedding with its mirror image's"""
     rerank: bool = False
     """k-reciprocal re-ranking (galleries that fit in memory)"""
     image_size: int | None = None
     """evaluation image size in pixels (None: the checkpoint's)"""
-    batch_size: int = 64
-    """images per embedding batch"""
-    workers: int = 0
-    """image loading processes"""
-    device: str = "auto"
-    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
     allow_seen_identities: bool = False
     """score an open split even though the checkpoint trained on some of the individuals it treats as new
     (the summary then says how many): by default that is refused, as the scores would flatter the model"""
@@ -79,7 +71,7 @@ class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, Wildlif
             raise UserError("--checkpoint and --embeddings exclude each other: give one")
         if self.embeddings is not None:
             needs_model = {
-                "--tta": self.tta,
+                "--tta": self.tta != "none",
                 "--wildlife-root": self.wildlife_root,
                 "--image-size": self.image_size,
             }
@@ -88,8 +80,6 @@ class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, Wildlif
                     raise UserError(f"{option} needs --checkpoint: saved embeddings cannot be re-embedded")
         if (self.wildlife_datasets or self.wildlife_species) and self.wildlife_root is None:
             raise UserError("--wildlife-datasets and --wildlife-species need --wildlife-root")
-        if self.batch_size < 1 or self.workers < 0:
-            raise UserError("--batch-size must be >= 1 and --workers >= 0")
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"--image-size must be positive, got {self.image_size}")
         if not self.ks or min(self.ks) < 1:

@@ -18,8 +18,10 @@ import tyro
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import flag, parse_options
+from megastarid.core.options import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
+from megastarid.evaluation.embed import TTA
+from megastarid.evaluation.options import EmbeddingOptions
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.identify import collect_photos, identify_photos
 from megastarid.identification.lineup import write_lineup
@@ -37,7 +39,7 @@ DESCRIPTION = (
 
 
 @dataclass(kw_only=True)
-class IdentifyOptions:
+class IdentifyOptions(EmbeddingOptions):
     """What to identify, against which catalogue, and where the answers go."""
 
     photos: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="PHOTO|DIR")]]
@@ -56,21 +58,16 @@ class IdentifyOptions:
     """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
     backbone_weights: Path | None = None
     """where a zero-shot catalogue's backbone weights are now, if they moved"""
-    batch_size: int = 64
-    """images per embedding batch"""
-    workers: int = 0
-    """image loading processes"""
-    device: str = "auto"
-    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+    tta: Literal["catalogue", TTA] = "catalogue"
+    """test-time augmentation: catalogue = the catalogue's own, the only one whose embeddings compare with
+    the catalogue's (a mode named here must be that one)"""
 
     def __post_init__(self) -> None:
         if not self.photos:
             raise UserError("give the new photos (or folders of them) to identify")
-        for name in ("top_k", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.top_k < 1:
+            raise UserError(f"--top-k must be >= 1, got {self.top_k}")
+        super().__post_init__()
 
 
 def identify(options: IdentifyOptions) -> int:
@@ -100,6 +97,7 @@ def identify(options: IdentifyOptions) -> int:
             weights=options.backbone_weights,
             batch_size=options.batch_size,
             num_workers=options.workers,
+            tta=None if options.tta == "catalogue" else options.tta,
         )
         log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
         result = identify_photos(

@@ -1,7 +1,8 @@
 """Evaluation engine (DESIGN §3): per-query ranks, CMC@K and mAP, and the report files of DESIGN §2.
 
 - ``metrics``: ``rank_queries`` / ``rank_score_matrix`` -> ``QueryResults``; ``cmc``, ``mean_ap``.
-- ``embed``: ``embed_images`` (model -> L2-normalised embeddings, flip TTA, unreadable files as NaN rows).
+- ``embed``: ``embed_images`` (model -> L2-normalised embeddings, test-time augmentation ``TTA``,
+  unreadable files as NaN rows).
 - ``embeddings``: ``EmbeddingSet`` and the ``star_embeddings.npz`` format (``save_embeddings``,
   ``load_embeddings`` with one-line errors).
 - ``rerank``: k-reciprocal re-ranking for galleries that fit in memory.

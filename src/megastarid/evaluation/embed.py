@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -19,6 +20,33 @@ from megastarid.data.transforms import build_eval_transform
 
 log = logging.getLogger(__name__)
 
+#: test-time augmentation: the views of each photo whose embeddings are averaged. A sea star photographed
+#: from above has no "up", so its quarter turns (rot4) and their mirrors (rot4flip) are the same animal.
+TTA = Literal["none", "flip", "rot4", "rot4flip"]
+TTA_MODES: tuple[str, ...] = get_args(TTA)
+
+
+def tta_mode(value: object) -> TTA:
+    """A recorded TTA as its mode: reports and catalogues written before the modes stored a bool (the
+    mirror or nothing). Anything else is a ``ValueError``."""
+    if value is True or value is False:
+        return "flip" if value else "none"
+    if value not in TTA_MODES:
+        raise ValueError(f"not a test-time augmentation ({'|'.join(TTA_MODES)}): {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def tta_views(images: torch.Tensor, tta: TTA) -> Iterator[torch.Tensor]:
+    """The views of a batch (N, C, H, W) that ``tta`` averages: the batch itself first, then its mirror
+    (flip), its three further quarter turns (rot4), or those four turns of the batch and of its mirror
+    (rot4flip). The set of views of a photo turned by 90° (or, with rot4flip, mirrored) is the same set, so
+    the mean embedding is the same."""
+    mirrors = (images, images.flip(-1)) if tta in ("flip", "rot4flip") else (images,)
+    turns = 4 if tta in ("rot4", "rot4flip") else 1
+    for view in mirrors:
+        for k in range(turns):
+            yield torch.rot90(view, k, dims=(-2, -1)) if k else view
+
 
 class NonFiniteEmbeddingError(UserError):
     """The model turned a readable photo into NaN/inf: the model is broken, not the photo."""
@@ -30,7 +58,7 @@ def embed_images(
     image_size: int,
     device: torch.device | str,
     batch_size: int = 64,
-    tta: bool = False,
+    tta: TTA = "none",
     num_workers: int = 0,
     progress: bool = True,
 ) -> np.ndarray:
@@ -39,11 +67,12 @@ def embed_images(
     The unreadable files are logged as one warning; callers drop the NaN rows and count them
     (``np.isnan(emb).any(axis=1)``). A readable photo whose embedding is NaN/inf is a model error
     (``NonFiniteEmbeddingError``), never counted as an unreadable photo. With ``tta`` each embedding is
-    the re-normalised mean of the image's and its horizontal mirror's. The model's train/eval mode is
-    restored afterwards, so the trainer can call this between epochs. ``progress=False`` hides the
+    the re-normalised mean of the embeddings of the photo's views (``tta_views``). The model's train/eval
+    mode is restored afterwards, so the trainer can call this between epochs. ``progress=False`` hides the
     progress bar (for callers that embed in many small calls under a bar of their own).
     """
     device = torch.device(device)
+    tta = tta_mode(tta)  # a bad mode fails here, not after the first batch
     dataset = ImageDataset(list(paths), [0] * len(paths), build_eval_transform(image_size), image_size)
     loader = DataLoader(
         dataset,
@@ -66,10 +95,9 @@ def embed_images(
                 if indices.numel() == 0:
                     continue
                 batch = images.to(device, non_blocking=True)
-                emb = model(batch)
-                if tta:
-                    emb = F.normalize(emb + model(batch.flip(-1)), dim=1)
-                emb = emb.float().cpu().numpy()
+                views = [model(view).float() for view in tta_views(batch, tta)]
+                emb = views[0] if len(views) == 1 else F.normalize(torch.stack(views).sum(0), dim=1)
+                emb = emb.cpu().numpy()
                 broken = ~np.isfinite(emb).all(axis=1)
                 if broken.any():
                     example = dataset.path(int(indices[int(np.argmax(broken))]))

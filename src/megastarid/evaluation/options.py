@@ -1,4 +1,5 @@
-"""The open-set calibration options, declared once for training and evaluation."""
+"""Options declared once for the commands that share them: the open-set calibration (training and
+evaluation) and how photos are embedded (evaluate, catalogue build, identify)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,31 @@ from typing import Literal
 
 from megastarid.core.errors import UserError
 from megastarid.core.options import Options
+from megastarid.evaluation.embed import TTA
 from megastarid.evaluation.star import OpenSetSettings
+
+
+@dataclass
+class EmbeddingOptions(Options):
+    """How photos are embedded: batches, loading processes, device and test-time augmentation."""
+
+    batch_size: int = 64
+    """images per embedding batch"""
+    workers: int = 0
+    """image loading processes"""
+    device: str = "auto"
+    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
+    tta: TTA = "none"
+    """test-time augmentation, each embedding the mean of the photo's views: flip (the photo and its
+    mirror), rot4 (its four quarter turns: a star photographed from above has no up), rot4flip (those and
+    their mirrors: 8 views, 8x the model's work)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from megastarid.core.errors import UserError
 from megastarid.core.files import write_json
 from megastarid.core.runfiles import CALIBRATION_JSON, STAR_EMBEDDINGS_NPZ
 from megastarid.data.catalogue import examples
-from megastarid.evaluation.embed import embed_images
+from megastarid.evaluation.embed import TTA, embed_images
 from megastarid.evaluation.embeddings import EmbeddingSet, save_embeddings
 from megastarid.evaluation.metrics import QueryResults, rank_queries, rank_score_matrix
 from megastarid.evaluation.openset import OpenSetAnswers, answer_queries, concat_answers, fit_calibration
@@ -63,7 +63,7 @@ def embed_catalogue(
     catalogue: pd.DataFrame,
     image_size: int,
     device: torch.device | str,
-    tta: bool = False,
+    tta: TTA = "none",
     batch_size: int = 64,
     num_workers: int = 0,
     sides: tuple[tuple[str, ...], tuple[str, ...]] = TEST_SIDES,
@@ -96,8 +96,9 @@ def embed_catalogue(
     return embeddings, kept_queries, both["path"].to_numpy()[~readable].tolist()
 
 
-def embedding_facts(tta: bool, image_size: int, unreadable: Sequence[str]) -> dict[str, object]:
-    """The summary keys that say how a catalogue was embedded (for star and wildlife summaries alike)."""
+def embedding_facts(tta: TTA, image_size: int, unreadable: Sequence[str]) -> dict[str, object]:
+    """The summary keys that say how a catalogue was embedded (for star and wildlife summaries alike);
+    ``tta`` is the mode's name (summaries written before the modes hold true/false)."""
     return {
         "tta": tta,
         "image_size": image_size,
@@ -192,7 +193,7 @@ def evaluate_star(
     ks: Sequence[int] = DEFAULT_KS,
     checkpoint: str | os.PathLike | None = None,
     options: dict | None = None,
-    tta: bool = False,
+    tta: TTA = "none",
     rerank: bool = False,
     batch_size: int = 64,
     num_workers: int = 0,

@@ -20,6 +20,7 @@ from torch import nn
 
 from megastarid.core.files import atomic_write_all
 from megastarid.core.runfiles import WILDLIFE_DATASET_CSV, WILDLIFE_SUMMARY_JSON
+from megastarid.evaluation.embed import TTA
 from megastarid.evaluation.embeddings import EmbeddingSet
 from megastarid.evaluation.reports import (
     DEFAULT_KS,
@@ -115,7 +116,7 @@ def evaluate_wildlife(
     out_dir: Path | None = None,
     checkpoint: str | os.PathLike | None = None,
     options: dict | None = None,
-    tta: bool = False,
+    tta: TTA = "none",
     batch_size: int = 64,
     num_workers: int = 0,
     sides: tuple[tuple[str, ...], tuple[str, ...]] = TEST_SIDES,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megastarid.core.errors import UserError
-from megastarid.evaluation.embed import embed_images
+from megastarid.evaluation.embed import TTA, embed_images
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ModelFingerprint:
     sha256: str
     backbone: str
     image_size: int
-    tta: bool
+    tta: TTA
     embedding_dim: int
 
     def differences(self, other: ModelFingerprint) -> list[str]:

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
+from megastarid.evaluation.embed import tta_mode
 from megastarid.evaluation.individuals import IdentityCodes
 from megastarid.identification.index import CatalogueIndex, IndividualInfo
 from megastarid.identification.paths import resolve_photo_path
@@ -227,7 +228,23 @@ class CatalogueStore:
 
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        if row is None:
+            return default
+        value = json.loads(row[0])
+        return self._model_record(value) if key == MODEL else value
+
+    def _model_record(self, record: Any) -> Any:
+        """The model record with its fingerprint's ``tta`` as a mode name: catalogues built before the
+        test-time augmentation modes stored a bool (true: the mirror, now ``flip``). A malformed record is
+        returned as it is, for whoever re-creates the model to refuse."""
+        fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
+        if not isinstance(fingerprint, dict) or "tta" not in fingerprint:
+            return record
+        try:
+            tta = tta_mode(fingerprint["tta"])
+        except ValueError as err:
+            raise UserError(f"catalogue {self.path}: its model's tta is {err}") from None
+        return {**record, "fingerprint": {**fingerprint, "tta": tta}}
 
     def set_meta(self, key: str, value: Any) -> None:
         """Write a meta value (inside the caller's transaction)."""
@@ -491,7 +508,7 @@ class CatalogueStore:
             "first_date": first,
             "last_date": last,
             "undated_photos": int(undated or 0),
-            "model": meta.get(MODEL),
+            "model": self._model_record(meta.get(MODEL)),
             "calibration": meta.get(CALIBRATION),
             "created": meta.get(CREATED),
             "updated": meta.get(UPDATED),

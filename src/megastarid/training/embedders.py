@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from megastarid.core.errors import UserError
+from megastarid.evaluation.embed import TTA
 from megastarid.identification.embedder import (
     Embedder,
     FeatureModel,
@@ -27,7 +28,7 @@ DEFAULT_BACKBONE_SIZE = 224
 def checkpoint_embedder(
     checkpoint: Path,
     device: torch.device,
-    tta: bool = False,
+    tta: TTA = "none",
     image_size: int | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -51,7 +52,7 @@ def backbone_embedder(
     device: torch.device,
     pretrained: bool = False,
     weights: Path | None = None,
-    tta: bool = False,
+    tta: TTA = "none",
     image_size: int | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -94,14 +95,21 @@ def catalogue_embedder(
     weights: Path | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    tta: TTA | None = None,
 ) -> Embedder:
     """Re-create the model a catalogue was built with (from its ``record``); ``checkpoint`` / ``weights``
-    say where the files are now if they moved. Anything but the very same weights is a one-line error."""
+    say where the files are now if they moved. Anything but the very same weights is a one-line error, and
+    so is a ``tta`` (``--tta``; None: the catalogue's) other than the catalogue's, before the model loads."""
     try:
         stored = ModelFingerprint.from_dict(record["fingerprint"])
         source = record["source"]
     except (KeyError, TypeError) as err:
         raise UserError(f"catalogue {catalogue} does not record its model ({err})") from None
+    if tta not in (None, stored.tta):
+        raise UserError(
+            f"--tta {tta}: catalogue {catalogue} was embedded with --tta {stored.tta}, and new photos must "
+            f"be embedded the same way (leave out --tta, or rebuild the catalogue with --tta {tta} --rebuild)"
+        )
     if stored.kind == "checkpoint":
         path = checkpoint or Path(source["checkpoint"])
         if not path.is_file():
