@@ -69,6 +69,8 @@ RUN_OUTPUT_DIRS = (TENSORBOARD_DIR,)
 # ----------------------------------------------------------------- a grid experiment folder
 GRID_STATUS_JSON = "grid_status.json"  # written when one of the experiment's phases fails
 GRID_LOG_DIR = "logs"  # one <phase>.log per phase
+GRID_JOB_JSON = "grid_job.json"  # the scheduler job running the experiment: id, node, logs, requeues
+GRID_SLURM_DIR = "slurm"  # in the grid folder: submitit's job pickles, sbatch scripts and job logs
 
 # ----------------------------------------------------------------- identify's output folder
 MATCHES_CSV = "matches.csv"  # one row per (query, candidate rank)

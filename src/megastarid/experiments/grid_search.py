@@ -15,10 +15,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError, quoted
 from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag, load_yaml, parse_options
+from megastarid.core.runfiles import GRID_SLURM_DIR
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,
@@ -35,6 +37,15 @@ from megastarid.experiments.plan import (
 )
 from megastarid.experiments.results import RESULTS_CSV, RESULTS_PNG, SUMMARY_MD, write_results
 from megastarid.experiments.runner import run_grid
+from megastarid.experiments.slurm import (
+    SlurmSettings,
+    parse_extra,
+    parse_mem,
+    parse_time,
+    run_slurm_grid,
+    sbatch_lines,
+)
+from megastarid.experiments.status import format_status, grid_status
 from megastarid.training.config import (
     CotrainConfig,
     FinetuneConfig,
@@ -93,7 +104,32 @@ class GridSearchOptions:
     cotrain_args: str = ""
     """extra options for the cotrain phase only, e.g. --cotrain-args '--star-batch-ratio 0.5'"""
     dry_run: bool = False
-    """print the plan and commands; train nothing"""
+    """print the plan and commands (and the sbatch parameters with --launcher slurm); train nothing"""
+    status: bool = False
+    """print each experiment's state in --output-dir (pending, running where, epoch reached, finished
+    metrics, failed with the last error line) from its run folders and SLURM; start nothing"""
+    launcher: Literal["local", "slurm"] = "local"
+    """local: the phases run here (one experiment per --gpus id side by side); slurm: one SLURM array task
+    per experiment, submitted with submitit (requeued on pre-emption, resumed from last.pth)"""
+    partition: str | None = None
+    """slurm: partition (None: the cluster's default)"""
+    time: str = "24:00:00"
+    """slurm: time limit of each experiment's job, minutes or [D-]HH:MM[:SS]; before it ends the job saves
+    and is requeued"""
+    gpus_per_experiment: int = 1
+    """slurm: GPUs per experiment (0: CPU only; more than 1: DDP on the job's GPUs)"""
+    cpus_per_gpu: int = 8
+    """slurm: CPU cores per GPU (per experiment with --gpus-per-experiment 0)"""
+    mem: str | None = None
+    """slurm: memory per experiment, e.g. 64G (None: the cluster's default)"""
+    account: str | None = None
+    """slurm: account to charge"""
+    qos: str | None = None
+    """slurm: quality of service"""
+    slurm_extra: tuple[str, ...] = ()
+    """slurm: further sbatch options as KEY=VALUE, e.g. --slurm-extra constraint=a100 exclude=node7"""
+    max_parallel: int | None = None
+    """slurm: experiments running at once (the array's parallelism; None: as many as the cluster allows)"""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -111,10 +147,30 @@ class GridSearchOptions:
             if min(self.gpus) < 0:
                 raise UserError(f"--gpus: GPU ids are 0 or more (got {','.join(map(str, self.gpus))})")
             self.gpus = tuple(dict.fromkeys(self.gpus))
+        for name, least in (("gpus_per_experiment", 0), ("cpus_per_gpu", 1), ("max_parallel", 1)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise UserError(f"{flag(name)} must be at least {least} (got {value})")
+        if self.launcher == "slurm" and self.gpus is not None:
+            raise UserError("--gpus is for --launcher local; with --launcher slurm use --gpus-per-experiment")
+        self.slurm_settings()  # the time, memory and extra options, checked now
         for name in ("star_root", "wildlife_root"):
             path = getattr(self, name)
             if path is not None and not path.is_dir():
                 raise UserError(f"{flag(name)} {path}: no such folder")
+
+    def slurm_settings(self) -> SlurmSettings:
+        return SlurmSettings(
+            partition=self.partition,
+            time_min=parse_time(self.time),
+            gpus_per_experiment=self.gpus_per_experiment,
+            cpus_per_gpu=self.cpus_per_gpu,
+            mem_gb=None if self.mem is None else parse_mem(self.mem),
+            account=self.account,
+            qos=self.qos,
+            extra=parse_extra(self.slurm_extra),
+            max_parallel=self.max_parallel,
+        )
 
 
 def _choices(names: tuple[str, ...], choices: Sequence[str], option: str, noun: str) -> tuple[str, ...]:
@@ -244,20 +300,35 @@ def attach_values(argv: Sequence[str]) -> list[str]:
 
 
 def run(options: GridSearchOptions, train_args: Sequence[str] = ()) -> int:
-    """Plan the grid, check it, then print it (``--dry-run``) or train it and write the results."""
+    """Plan the grid, check it, then print it (``--dry-run``), or train it (here or on SLURM) and write
+    the results; ``--status`` only reports."""
+    if options.status:
+        print(format_status(grid_status(options.output_dir.resolve()), options.output_dir))
+        return 0
     config = grid_config(options, train_args)
     experiments = build_plan(config)
     check_phase_options(config)
+    slurm = options.launcher == "slurm"
     slots: list[int | None] = list(config.gpus) or [None]
     assignment = assign_devices(experiments, slots)
-    device = default_device()
+    settings = options.slurm_settings()
+    gpus = settings.gpus_per_experiment
+    device = f"SLURM job, {plural(gpus, 'GPU')}" if gpus else "SLURM job, CPU only"
+    device = device if slurm else default_device()
     for note in epoch_mismatches(experiments):
         log.warning("kept as finished: %s (use a new --output-dir to train it again)", note)
     if options.dry_run:
-        print(format_plan(config, experiments, assignment, device))
+        notes, devices = {}, None
+        if slurm:
+            sbatch = sbatch_lines(settings, config.output_dir / GRID_SLURM_DIR, len(assignment))
+            flags = " ".join(line.split(maxsplit=1)[1] for line in sbatch)
+            notes = {name: [f"  array task {i}: sbatch {flags}"] for i, name in enumerate(assignment)}
+            devices = f"SLURM through submitit, one array task per unfinished experiment ({device})"
+        print(format_plan(config, experiments, assignment, device, notes, devices))
         print("\n--dry-run: nothing was trained.")
         return 0
-    check_gpus(config.gpus)
+    if not slurm:
+        check_gpus(config.gpus)
     log.info(
         "grid search: %s, %d to run, %d finished; output %s",
         plural(len(experiments), "experiment"),
@@ -266,7 +337,12 @@ def run(options: GridSearchOptions, train_args: Sequence[str] = ()) -> int:
         config.output_dir,
     )
     try:
-        outcomes = run_grid(experiments, assignment, slots, device)
+        if slurm:
+            outcomes = run_slurm_grid(
+                experiments, list(assignment), settings, config.output_dir / GRID_SLURM_DIR
+            )
+        else:
+            outcomes = run_grid(experiments, assignment, slots, device)
     finally:
         write_results(with_existing(config, experiments), config.output_dir)
         log.info(

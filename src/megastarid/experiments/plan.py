@@ -265,15 +265,19 @@ def format_plan(
     experiments: Sequence[Experiment],
     assignment: Mapping[str, int | None],
     default_device: str,
+    notes: Mapping[str, Sequence[str]] | None = None,
+    devices: str | None = None,
 ) -> str:
-    """The human-readable plan: each experiment with loss weights, device, folder and phase commands."""
+    """The human-readable plan: each experiment with loss weights, device, folder and phase commands
+    (and its ``notes``, e.g. the sbatch parameters of its SLURM job); ``devices`` replaces the line on the
+    local devices (for another launcher)."""
     counts = " × ".join(
         plural(len(items), noun)
         for items, noun in ((config.strategies, "strategy"), (config.losses, "loss"), (config.seeds, "seed"))
     )
-    if config.gpus:
+    if devices is None and config.gpus:
         devices = f"GPUs {','.join(map(str, config.gpus))}, one experiment per GPU side by side"
-    else:
+    elif devices is None:
         devices = f"{default_device}, one experiment after another"
     lines = [
         f"Grid search: {plural(len(experiments), 'experiment')} ({counts}), output {config.output_dir}",
@@ -289,6 +293,7 @@ def format_plan(
             f"  strategy {experiment.strategy}, loss {experiment.loss} (circle weight {_number(circle)}, "
             f"triplet weight {_number(triplet)}), seed {experiment.seed}, device {device}",
             f"  folder {experiment.out_dir}",
+            *(notes or {}).get(experiment.name, ()),
         ]
         for phase in experiment.phases:
             state = phase.state()

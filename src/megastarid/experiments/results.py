@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -17,7 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
 from megastarid.core.files import atomic_write, atomic_write_text
-from megastarid.core.runfiles import GRID_STATUS_JSON, RUN_SUMMARY_JSON, STAR_SUMMARY_JSON
+from megastarid.core.runfiles import GRID_JOB_JSON, GRID_STATUS_JSON, RUN_SUMMARY_JSON, STAR_SUMMARY_JSON
 from megastarid.experiments.plan import Experiment, PhaseState, plural, read_json
 
 METRICS = ("mAP", "CMC@1", "CMC@5", "CMC@10", "CMC@20")
@@ -30,6 +31,7 @@ RESULT_COLUMNS = (
     *METRICS,
     "best_epoch",
     "wall_time_s",
+    "requeues",
     "run_folder",
     "error",
 )
@@ -58,6 +60,17 @@ def _as_float(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return math.nan
+
+
+def read_job(experiment: Experiment) -> dict[str, Any]:
+    """The experiment's ``grid_job.json``: the scheduler job that runs it (empty when none ever did)."""
+    return read_json(experiment.out_dir / GRID_JOB_JSON) or {}
+
+
+def requeues(experiment: Experiment) -> int:
+    """How often the scheduler requeued the experiment's jobs (pre-emption, time limit), over every run."""
+    counts = read_job(experiment).get("requeues")
+    return sum(int(n) for n in counts.values()) if isinstance(counts, dict) else 0
 
 
 def _status(experiment: Experiment) -> tuple[str, str]:
@@ -90,6 +103,7 @@ def experiment_row(experiment: Experiment) -> dict[str, object]:
     row["wall_time_s"] = (
         round(sum(_as_float(s.get("wall_time_s")) for s in summaries), 1) if finished else math.nan
     )
+    row["requeues"] = requeues(experiment)
     row["run_folder"] = str(final)
     row["error"] = error
     return row

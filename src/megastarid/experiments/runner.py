@@ -42,23 +42,30 @@ PARENT_DEATH_SIGNAL = signal.SIGTERM
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent() -> Callable[[], None] | None:
+def die_with_parent(ignore: Sequence[int] = ()) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get ``PARENT_DEATH_SIGNAL`` when this process dies (Linux),
     else None. The kernel sends it when the *thread* that started the child ends: the grid's worker thread
-    waits for its phase, so that is when the grid process dies.
+    waits for its phase, so that is when the grid process dies. The child also ignores the ``ignore``
+    signals (an ignored signal stays ignored across exec): a SLURM job's own signals, which reach every
+    process of the job, are the job's to answer.
 
-    The libc function is looked up here, in the parent: the child, forked from a threaded program, only
-    makes the one system call (and exits at once if the grid died before it could)."""
+    The libc functions are looked up here, in the parent: the child, forked from a threaded program, only
+    makes system calls (and exits at once if the grid died before it could)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
+    set_handler.argtypes, set_handler.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_void_p
     parent = os.getpid()
     signum = int(PARENT_DEATH_SIGNAL)
+    ignored = [int(sig) for sig in ignore]
 
     def preexec() -> None:
+        for sig in ignored:
+            set_handler(sig, int(signal.SIG_IGN))
         prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
         if os.getppid() != parent:  # the grid died between the fork and the prctl
             os._exit(1)
@@ -79,10 +86,11 @@ class Outcome:
 class Processes:
     """The phase processes running now, so an interrupt can reach each one exactly once."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: Sequence[int] = ()) -> None:
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen] = set()
         self.stopping = threading.Event()
+        self._ignore = tuple(ignore)  # signals the phases ignore (see die_with_parent)
 
     @contextlib.contextmanager
     def start(self, command: Sequence[str], log_file: IO[str]) -> Iterator[subprocess.Popen]:
@@ -96,7 +104,7 @@ class Processes:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent(self._ignore),
             )
             self._running.add(process)
         try:
@@ -123,9 +131,11 @@ def write_status(experiment: Experiment, **fields: object) -> None:
     write_json(experiment.out_dir / GRID_STATUS_JSON, fields)
 
 
-def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processes) -> tuple[int, str]:
+def run_phase(
+    phase: Phase, gpu: int | None, log_path: Path, processes: Processes, devices: Sequence[str] = ()
+) -> tuple[int, str]:
     """Run one phase, appending its stdout and stderr to ``log_path``; returns (exit code, error tail)."""
-    command = phase.command(gpu)
+    command = [*phase.command(gpu), *devices]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log_file:
         log_file.write(f"=== {datetime.now(UTC).isoformat(timespec='seconds')} $ {shlex.join(command)}\n")
@@ -138,8 +148,11 @@ def run_phase(phase: Phase, gpu: int | None, log_path: Path, processes: Processe
         return code, log_tail(log_file.read())
 
 
-def run_experiment(experiment: Experiment, gpu: int | None, label: str, processes: Processes) -> Outcome:
-    """Run the experiment's unfinished phases in order; the first failure ends it and is recorded."""
+def run_experiment(
+    experiment: Experiment, gpu: int | None, label: str, processes: Processes, devices: Sequence[str] = ()
+) -> Outcome:
+    """Run the experiment's unfinished phases in order; the first failure ends it and is recorded.
+    ``devices`` are device options added to every phase (a SLURM job's ``--accelerator gpu --devices N``)."""
     experiment.out_dir.mkdir(parents=True, exist_ok=True)
     (experiment.out_dir / GRID_STATUS_JSON).unlink(missing_ok=True)
     started = time.monotonic()
@@ -150,7 +163,7 @@ def run_experiment(experiment: Experiment, gpu: int | None, label: str, processe
         log_path = experiment.out_dir / GRID_LOG_DIR / f"{phase.name}.log"
         log.info("%s   %s: %s, %d epochs (log %s)", label, phase.name, state.value, phase.epochs, log_path)
         try:
-            code, tail = run_phase(phase, gpu, log_path, processes)
+            code, tail = run_phase(phase, gpu, log_path, processes, devices)
         except InterruptedError:
             return Outcome(experiment.name, "interrupted", time.monotonic() - started)
         if processes.stopping.is_set():
@@ -166,7 +179,7 @@ def run_experiment(experiment: Experiment, gpu: int | None, label: str, processe
                 returncode=code,
                 error=tail,
                 log=str(log_path),
-                command=shlex.join(phase.command(gpu)),
+                command=shlex.join([*phase.command(gpu), *devices]),
                 seconds=round(seconds, 1),
             )
             return Outcome(experiment.name, "failed", seconds, tail)
@@ -217,7 +230,7 @@ def _wait(events: Sequence[threading.Event]) -> None:
 
 
 @contextlib.contextmanager
-def _stop_signals_as_interrupt() -> Iterator[None]:
+def stop_signals_as_interrupt() -> Iterator[None]:
     """SIGTERM (a cluster pre-emption) and SIGHUP (the terminal or ssh session closed) are handled like
     Ctrl-C: the running phases save and stop, and the results are written, instead of the grid dying
     at once and leaving its phases running."""
@@ -267,7 +280,7 @@ def run_grid(
         for slot, queue, done in workers
     ]
     events = [done for _, _, done in workers]
-    with _stop_signals_as_interrupt():
+    with stop_signals_as_interrupt():
         for thread in threads:
             thread.start()
         try:

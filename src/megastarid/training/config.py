@@ -112,6 +112,8 @@ class TrainConfig(Options):
     """device type when --gpus is not given"""
     devices: int = 1
     """processes on that accelerator (e.g. --accelerator cpu --devices 2)"""
+    num_nodes: int = 1
+    """machines of a multi-node run, each running --devices processes (one srun task per process)"""
     workers: int = 4
     """data-loading worker processes per device"""
     eval_batch_size: int = 64
@@ -137,6 +139,7 @@ class TrainConfig(Options):
             "image_size",
             "eval_every",
             "devices",
+            "num_nodes",
             "eval_batch_size",
             "max_bad_steps",
         )

@@ -18,8 +18,10 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,11 @@ from typing import Any
 
 import torch
 from lightning_fabric import Fabric
+from lightning_fabric.plugins.environments import (
+    LightningEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -178,9 +185,49 @@ def fabric_options(cfg: TrainConfig) -> dict[str, Any]:
     return {
         "accelerator": accelerator,
         "devices": devices,
-        "strategy": "ddp" if n > 1 else "auto",
+        "strategy": "ddp" if n * cfg.num_nodes > 1 else "auto",
         "precision": precision,
     }
+
+
+def srun_tasks() -> int | None:
+    """The number of tasks srun started when Fabric will take them as the run's processes (its SLURM
+    detection: ``SLURM_NTASKS`` set, job name not ``bash``/``interactive``, not under torchrun), else None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Fabric's hint that srun exists but is not used: not an error here
+        if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+            return None
+    return int(os.environ["SLURM_NTASKS"])
+
+
+def cluster_options(cfg: TrainConfig, devices: int | list[int]) -> dict[str, Any]:
+    """Fabric's ``num_nodes`` and cluster environment. Under srun each task is one process of the run, so the
+    task count must equal --devices x --num-nodes; one task with several local devices (a grid job on a
+    multi-GPU node) leaves Fabric to start the processes itself."""
+    devices_per_node = len(devices) if isinstance(devices, list) else devices
+    processes = devices_per_node * cfg.num_nodes
+    tasks = srun_tasks()
+    if tasks is None:
+        if cfg.num_nodes > 1:
+            raise UserError(
+                f"--num-nodes {cfg.num_nodes}: start one process per device on every node with srun "
+                f"(srun --nodes {cfg.num_nodes} --ntasks-per-node {devices_per_node} ...) or torchrun"
+            )
+        return {"num_nodes": 1}
+    if tasks == 1 and processes > 1 and cfg.num_nodes == 1:
+        return {"num_nodes": 1, "plugins": [LightningEnvironment()]}
+    if tasks != processes:
+        raise UserError(
+            f"srun started {tasks} task(s) but --devices {devices_per_node} x --num-nodes {cfg.num_nodes} "
+            f"makes {processes} process(es): start one task per device (srun --nodes {cfg.num_nodes} "
+            f"--ntasks-per-node {devices_per_node})"
+        )
+    if tasks > 1 and "SLURM_NTASKS_PER_NODE" not in os.environ:
+        raise UserError(
+            f"srun --ntasks {tasks}: give the tasks per node instead (srun --nodes {cfg.num_nodes} "
+            f"--ntasks-per-node {devices_per_node}); Lightning Fabric refuses --ntasks alone"
+        )
+    return {"num_nodes": cfg.num_nodes}
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -350,11 +397,16 @@ def fit(cfg: TrainConfig, build_task: Callable[[], TrainTask]) -> int:
     command; only rank 0 writes files.
     """
     options = fabric_options(cfg)
-    check_run_folder(cfg.output_dir, cfg.resume, cfg.overwrite)
+    options |= cluster_options(cfg, options["devices"])
+    # Under srun every task runs this: rank 0 alone checks the folder (the others would find its lock).
+    if srun_tasks() is None or os.environ.get("SLURM_PROCID", "0") == "0":
+        check_run_folder(cfg.output_dir, cfg.resume, cfg.overwrite)
     task = build_task()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = task.build_model()  # before the run folder is touched: a weights problem leaves no trace
-    fabric = Fabric(**options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `srun` command is available")  # not a cluster job
+        fabric = Fabric(**options)
     fabric.launch()
     with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
         return _Run(fabric, cfg, task, model, held).execute()
