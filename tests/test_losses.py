@@ -1,4 +1,4 @@
-"""The circle + triplet objective: library losses, weights, and a weight of 0 switching a loss off."""
+"""The circle + triplet (+ ArcFace) objective: library losses, weights, a weight of 0 switching a loss off."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.distances import CosineSimilarity
 
-from megastarid.training.losses import ReIDLoss
+from megastarid.training.losses import ReIDLoss, SubCenterArcFace
 
 
 @pytest.fixture
@@ -53,3 +53,26 @@ def test_gradients_flow(batch) -> None:
     emb = emb.clone().requires_grad_(True)
     ReIDLoss()(emb, labels)[0].backward()
     assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_arcface_adds_its_weighted_library_loss_over_the_same_centres(batch) -> None:
+    emb, labels = batch
+    arcface = SubCenterArcFace(num_classes=4, embedding_dim=8, sub_centers=2)
+    total, parts = ReIDLoss(0.7, 0.3, arcface=arcface, arcface_weight=0.5)(emb, labels)
+    library = losses.SubCenterArcFaceLoss(num_classes=4, embedding_size=8, sub_centers=2)
+    library.W.data.copy_(arcface.centres.data)
+    assert torch.allclose(parts["arcface_loss"], library(emb, labels))
+    expected = 0.7 * parts["circle_loss"] + 0.3 * parts["triplet_loss"] + 0.5 * parts["arcface_loss"]
+    assert torch.allclose(total, expected)
+    assert ReIDLoss(arcface=arcface, arcface_weight=0.0).arcface is None  # weight 0: not computed
+    assert "arcface_loss" not in ReIDLoss(arcface=arcface, arcface_weight=0.0)(emb, labels)[1]
+
+
+def test_arcface_runs_in_float32_under_autocast(batch) -> None:
+    emb, labels = batch
+    arcface = SubCenterArcFace(num_classes=4, embedding_dim=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = arcface(emb.bfloat16(), labels)
+    assert loss.item() == pytest.approx(arcface(emb.bfloat16().float(), labels).item(), rel=1e-6)
+    loss.backward()
+    assert arcface.centres.grad is not None and arcface.centres.grad.abs().sum() > 0

@@ -182,8 +182,8 @@ def test_unreadable_photos_are_listed_and_counted_whatever_their_name(tmp_path: 
 
 def test_an_epoch_tally_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
     tally = EpochTally.zero(torch.device("cpu"))
-    tally.add_step(torch.tensor([1.1, 2.2, math.nan]), images=8)
-    tally.add_step(torch.tensor([0.3, 0.4, math.nan]), images=6)
+    tally.add_step(torch.tensor([1.1, 2.2, math.nan, math.nan]), images=8)
+    tally.add_step(torch.tensor([0.3, 0.4, math.nan, math.nan]), images=6)
     tally.bad_images, tally.skipped_steps, tally.elapsed = 2, 1, 3.25
     torch.save({"partial": tally.to_dict()}, tmp_path / "t.pth")
     back = EpochTally.from_dict(

@@ -86,4 +86,5 @@ SIGHTINGS_CSV = "sightings.csv"  # individual, date, outing, photos: written nex
 LOSS = "loss"  # the weighted total that is optimised
 CIRCLE_LOSS = "circle_loss"
 TRIPLET_LOSS = "triplet_loss"
-LOSS_KEYS = (LOSS, CIRCLE_LOSS, TRIPLET_LOSS)
+ARCFACE_LOSS = "arcface_loss"  # sub-center ArcFace (--arcface-weight)
+LOSS_KEYS = (LOSS, CIRCLE_LOSS, TRIPLET_LOSS, ARCFACE_LOSS)

@@ -98,6 +98,19 @@ class TrainConfig(Options):
     """circle loss scale gamma"""
     triplet_margin: float = 0.3
     """triplet loss margin on cosine similarity"""
+    arcface_weight: float = 0.0
+    """weight of the sub-center ArcFace loss (0 = off): learned centres for each training identity"""
+    arcface_lr: float = 1e-2
+    """peak learning rate of the ArcFace class centres (random at the start, they must turn far and fast)"""
+    arcface_subcenters: int = 3
+    """ArcFace centres per identity (sub-centers absorb odd photos of an animal)"""
+    arcface_margin: float = 28.6
+    """ArcFace additive angular margin in degrees"""
+    arcface_scale: float = 64.0
+    """ArcFace logit scale"""
+    ema: float = 0.0
+    """keep an exponential moving average of the weights with this decay, e.g. 0.999 (0 = off); validation,
+    best.pth and the final report use the averaged weights"""
     eval_every: int = 1
     """evaluate every N epochs (and always before the first and after the last)"""
     patience: int = 0
@@ -142,20 +155,34 @@ class TrainConfig(Options):
             "num_nodes",
             "eval_batch_size",
             "max_bad_steps",
+            "arcface_subcenters",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "patience", "workers", "weight_decay", "circle_m", "triplet_margin"):
+        for name in (
+            "warmup_epochs",
+            "patience",
+            "workers",
+            "weight_decay",
+            "circle_m",
+            "triplet_margin",
+            "arcface_margin",
+        ):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
-        for name in ("lr", "backbone_lr_mult", "circle_gamma"):
+        for name in ("lr", "backbone_lr_mult", "circle_gamma", "arcface_lr", "arcface_scale"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be positive, got {getattr(self, name)}")
-        if self.circle_weight < 0 or self.triplet_weight < 0:
-            raise UserError("--circle-weight and --triplet-weight must not be negative")
-        if self.circle_weight == 0 and self.triplet_weight == 0:
-            raise UserError("--circle-weight and --triplet-weight are both 0: at least one loss must be on")
+        if min(self.circle_weight, self.triplet_weight, self.arcface_weight) < 0:
+            raise UserError("--circle-weight, --triplet-weight and --arcface-weight must not be negative")
+        if self.circle_weight == self.triplet_weight == self.arcface_weight == 0:
+            raise UserError(
+                "--circle-weight and --triplet-weight are both 0, and so is --arcface-weight: "
+                "at least one loss must be on"
+            )
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if self.num_instances < 2:
             raise UserError(
                 f"--num-instances must be at least 2 (positives are needed), got {self.num_instances}"

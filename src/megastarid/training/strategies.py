@@ -37,6 +37,7 @@ def pretrain_task(cfg: PretrainConfig) -> TrainTask:
         paths=data.paths,
         make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
+        num_classes=data.num_classes,
         evaluate=wildlife_evaluator(catalogue, cfg),
         metric=validation_metric(catalogue, cfg, "wildlife"),
         final_report=wildlife_report(catalogue, cfg),
@@ -53,6 +54,7 @@ def finetune_task(cfg: FinetuneConfig) -> TrainTask:
         paths=data.paths,
         make_sampler=pk_sampler_factory(data, cfg),
         build_model=model_factory(cfg),
+        num_classes=data.num_classes,
         evaluate=star_evaluator(catalogue, cfg),
         metric=validation_metric(catalogue, cfg, "star"),
         final_report=star_report(catalogue, cfg),
@@ -63,7 +65,7 @@ def cotrain_task(cfg: CotrainConfig) -> TrainTask:
     """Stars then wildlife in one dataset with global indices (identities kept apart), mixed P x K batches."""
     catalogue = star_catalogue(cfg)
     stars = star_train_set(catalogue, cfg)
-    wildlife = wildlife_train_set(wildlife_catalogue(cfg), cfg, label_offset=int(stars.labels.max()) + 1)
+    wildlife = wildlife_train_set(wildlife_catalogue(cfg), cfg, label_offset=stars.num_classes)
 
     def make_sampler(rank: int, world: int) -> MixedPKBatchSampler:
         return MixedPKBatchSampler(
@@ -83,6 +85,7 @@ def cotrain_task(cfg: CotrainConfig) -> TrainTask:
         paths=stars.paths + wildlife.paths,
         make_sampler=make_sampler,
         build_model=model_factory(cfg),
+        num_classes=wildlife.num_classes,  # star identities, then the wildlife ones after them
         evaluate=star_evaluator(catalogue, cfg),
         metric=validation_metric(catalogue, cfg, "star"),
         final_report=star_report(catalogue, cfg),

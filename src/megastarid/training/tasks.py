@@ -49,6 +49,12 @@ class TrainSet:
     labels: np.ndarray
     dataset: ImageDataset
 
+    @property
+    def num_classes(self) -> int:
+        """Labels this set's classification heads must cover: ``0 .. max label`` (an offset set's own
+        identities are the top ones)."""
+        return int(self.labels.max()) + 1
+
 
 def star_catalogue(cfg: FinetuneConfig) -> pd.DataFrame:
     """The split catalogue of ``--star-root`` (and ``--star-csv``), else of the built-in synthetic stars."""

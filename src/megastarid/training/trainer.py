@@ -2,7 +2,8 @@
 
 A command describes *what* to train on in a ``TrainTask``; ``fit`` does the rest the same way for all:
 devices (CPU, one GPU, DDP over ``--gpus`` or ``--accelerator cpu --devices 2``), AdamW with warm-up and
-cosine decay, circle + triplet loss, evaluation before the first epoch and every ``--eval-every``,
+cosine decay, circle + triplet (+ sub-center ArcFace) loss, an optional EMA of the weights (``--ema``: what
+validation scores and best.pth holds), evaluation before the first epoch and every ``--eval-every``,
 ``best.pth`` / ``last.pth`` / ``history.csv`` / TensorBoard, early stopping, and the fault handling of
 DESIGN §7 (corrupt photos skipped and logged, NaN steps skipped, Ctrl-C saves, ``--resume`` continues).
 
@@ -34,6 +35,7 @@ from lightning_fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -56,7 +58,7 @@ from megastarid.core.runfiles import (
 from megastarid.data.datasets import collate_skip_bad
 from megastarid.training.config import TrainConfig, save_config
 from megastarid.training.curves import plot_training_curves
-from megastarid.training.losses import ReIDLoss
+from megastarid.training.losses import ReIDLoss, SubCenterArcFace
 from megastarid.training.models import (
     EmbeddingModel,
     load_checkpoint,
@@ -87,6 +89,7 @@ class TrainTask:
     final_report: Callable[[nn.Module, torch.device, Path], dict[str, Any]] | None = (
         None  # best model -> files
     )
+    num_classes: int = 0  # training identities: labels are 0 .. num_classes - 1 (ArcFace's centres)
 
 
 @dataclass
@@ -141,7 +144,7 @@ class EpochTally:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any], device: torch.device) -> EpochTally:
-        sums = torch.tensor([saved["loss_sums"][key] for key in LOSS_KEYS], device=device)
+        sums = torch.tensor([saved["loss_sums"].get(key, math.nan) for key in LOSS_KEYS], device=device)
         return cls(sums, **{key: value for key, value in saved.items() if key != "loss_sums"})
 
     def summed(self, fabric: Fabric) -> EpochTally:
@@ -238,8 +241,15 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Backbone at ``lr * backbone_lr_mult``, head at ``lr``; no weight decay on norms and biases."""
+def param_groups(
+    model: EmbeddingModel, cfg: TrainConfig, arcface: nn.Module | None = None
+) -> list[dict[str, Any]]:
+    """Backbone at ``lr * backbone_lr_mult``, head at ``lr``; no weight decay on norms and biases.
+
+    ArcFace's class centres get a group of their own at ``--arcface-lr`` without weight decay: the loss
+    sees only their direction, so decay would do nothing but shrink them, and a shrinking centre turns
+    ever faster under Adam's fixed-size steps.
+    """
     head = {id(p) for p in model.head_parameters()}
     groups = []
     for part, lr in (("backbone", cfg.lr * cfg.backbone_lr_mult), ("head", cfg.lr)):
@@ -250,21 +260,59 @@ def param_groups(model: EmbeddingModel, cfg: TrainConfig) -> list[dict[str, Any]
                 groups.append(
                     {"params": chosen, "lr": lr, "weight_decay": cfg.weight_decay * decay, "name": part}
                 )
+    if arcface is not None:
+        groups.append(
+            {
+                "params": list(arcface.parameters()),
+                "lr": cfg.arcface_lr,
+                "weight_decay": 0.0,
+                "name": "arcface",
+            }
+        )
     return groups
 
 
-class Trainer:
-    """The model, optimizer, schedule and loss, and one optimisation step; no data or files here."""
+def build_arcface(cfg: TrainConfig, num_classes: int) -> SubCenterArcFace | None:
+    """The ArcFace loss with its class centres (one set per training identity), or None when it is off."""
+    if cfg.arcface_weight == 0:
+        return None
+    if num_classes < 1:
+        raise ValueError("--arcface-weight needs the task's number of training identities (num_classes)")
+    return SubCenterArcFace(
+        num_classes, cfg.embedding_dim, cfg.arcface_subcenters, cfg.arcface_margin, cfg.arcface_scale
+    )
 
-    def __init__(self, fabric: Fabric, model: EmbeddingModel, cfg: TrainConfig, steps_per_epoch: int) -> None:
+
+class Trainer:
+    """The model, optimizer, schedule and loss, and one optimisation step; no data or files here.
+
+    ArcFace's centres (``--arcface-weight``) are a Fabric module of their own, so under DDP their gradients
+    are averaged over the ranks like the model's. With ``--ema`` every rank keeps the same moving average
+    of its (identical, synced) weights, updated after each optimizer step.
+    """
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        model: EmbeddingModel,
+        cfg: TrainConfig,
+        steps_per_epoch: int,
+        num_classes: int = 0,
+    ) -> None:
         self.fabric = fabric
         self.on_gpu = fabric.device.type == "cuda"
         if self.on_gpu:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.arcface = build_arcface(cfg, num_classes)
+        groups = param_groups(model, cfg, self.arcface)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
         self.scheduler = LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
         self.model, self.optimizer = fabric.setup(model, optimizer)
+        arcface = fabric.setup_module(self.arcface) if self.arcface is not None else None
+        # timm's warm-up ramps the decay (1 - (1 + step)^(-2/3), capped at --ema), so the average is not
+        # dominated by the first steps' weights in a short run
+        self.ema = ModelEmaV3(self.module, decay=cfg.ema, use_warmup=True) if cfg.ema else None
         # A NaN batch poisons BatchNorm running statistics in the forward pass itself; keep a copy to undo it.
         self._buffers = [b for b in model.buffers() if b.is_floating_point()]
         self._buffer_backup = [b.detach().clone() for b in self._buffers]
@@ -275,12 +323,19 @@ class Trainer:
             cfg.circle_gamma,
             cfg.triplet_margin,
             distributed=fabric.world_size > 1,
+            arcface=arcface,
+            arcface_weight=cfg.arcface_weight,
         )
 
     @property
     def module(self) -> EmbeddingModel:
-        """The bare model (not the DDP wrapper): for evaluation on one rank and for checkpoints."""
+        """The bare live model (not the DDP wrapper): what trains, and last.pth's ``model``."""
         return self.model.module
+
+    @property
+    def eval_module(self) -> EmbeddingModel:
+        """The weights that are judged: the EMA with ``--ema``, else the live model (validation, best.pth)."""
+        return self.ema.module if self.ema is not None else self.module
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """One optimisation step; returns the detached losses in ``LOSS_KEYS`` order (NaN for a term the
@@ -291,7 +346,7 @@ class Trainer:
         if self._buffers:
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         loss, parts = self.criterion(self.model(images), labels)
-        if not torch.isfinite(loss):
+        if not self._finite_everywhere(loss):
             if self._buffers:
                 torch._foreach_copy_(self._buffers, self._buffer_backup)
             self.optimizer.zero_grad(set_to_none=True)
@@ -301,8 +356,19 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.module, step=self.scheduler.last_epoch)  # last_epoch: steps taken
         nan = loss.new_tensor(math.nan)
         return torch.stack([loss.detach(), *(parts.get(key, nan) for key in LOSS_KEYS[1:])])
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank. ArcFace scores each rank's own embeddings, so one rank
+        alone may see NaN; all must skip the step together or the others wait for its gradients forever."""
+        finite = torch.isfinite(loss)
+        if self.arcface is not None and self.fabric.world_size > 1:
+            votes = self.fabric.all_reduce(finite.float(), reduce_op="sum")
+            return bool(votes == self.fabric.world_size)
+        return bool(finite)
 
     def lrs(self) -> dict[str, float]:
         lrs = {
@@ -312,14 +378,25 @@ class Trainer:
         return {"lr": lrs["head"], "backbone_lr": lrs.get("backbone", math.nan)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """What ``--resume`` needs beside the live weights: optimizer (ArcFace's group included), schedule,
+        scaler, and the ArcFace centres and EMA weights when they are on."""
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.fabric.strategy.precision.state_dict(),
         }
+        if self.arcface is not None:
+            state["arcface"] = self.arcface.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])
+        if self.arcface is not None:
+            self.arcface.load_state_dict(state["arcface"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.fabric.strategy.precision.load_state_dict(state["scaler"])
@@ -437,7 +514,7 @@ class _Run:
         # start leaves no config.yaml behind to refuse the retry as an existing run.
         self.sampler = task.make_sampler(fabric.global_rank, fabric.world_size)
         self.batches = _ResumableBatches(self.sampler)
-        self.trainer = Trainer(fabric, model, cfg, len(self.sampler))
+        self.trainer = Trainer(fabric, model, cfg, len(self.sampler), task.num_classes)
         self._hold_folder(held)
         self.state = RunState()
         self.rng: torch.Tensor | None = None
@@ -494,16 +571,21 @@ class _Run:
         )
 
     def _save(self, name: str, rng: torch.Tensor | None = None) -> None:
+        """last.pth: the live weights (the EMA under ``ema``), to resume; best.pth: the judged weights."""
         if self.rank0:
+            best = name == BEST_CHECKPOINT
+            state = self.trainer.state_dict()
+            if best:
+                state.pop("ema", None)  # best.pth's model already is the EMA
             extra = {"rng": rng} if rng is not None else {}
             save_checkpoint(
                 self.dir / name,
-                self.trainer.module,
+                self.trainer.eval_module if best else self.trainer.module,
                 self.cfg.to_dict(),
                 epoch=self.state.epoch,
                 metric=self.task.metric,
                 run=vars(self.state),
-                **self.trainer.state_dict(),
+                **state,
                 **extra,
             )
 
@@ -660,18 +742,19 @@ class _Run:
     def _evaluate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.rank0:
-            module = self.trainer.module
+            module = self.trainer.eval_module
+            training = module.training
             module.eval()
             with torch.no_grad():
                 metrics = self.task.evaluate(module, self.fabric.device)
-            module.train()
+            module.train(training)
         return self.fabric.broadcast(metrics, src=0)
 
     def _check_finite(self, epoch: int) -> None:
         """Weights that became NaN/inf are never evaluated or saved (not as best.pth, not as last.pth):
         the run stops, and the checkpoints keep the last good epoch. Every rank checks its own copy of
         the (identical) weights, so all stop together."""
-        if not _all_finite(self.trainer.module):
+        if not all(_all_finite(module) for module in {self.trainer.module, self.trainer.eval_module}):
             raise UserError(
                 f"the model's weights became NaN/inf in epoch {epoch}: training diverged; lower --lr "
                 "(best.pth and last.pth keep the last good epoch, nothing of this one was saved)"
