@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from torch.utils.data import Dataset
 
 from megastarid.data.synth import generate_stars
@@ -92,6 +94,34 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(
     pd.testing.assert_frame_equal(resumed, expected, rtol=1e-5)
     summary = json.loads((cut.output_dir / "run_summary.json").read_text())
     assert summary["epochs_completed"] == 3 and summary["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_resume_restores_the_arcface_centres_and_the_ema_exactly(tmp_path: Path, stars: Path) -> None:
+    def run(name: str) -> FinetuneConfig:
+        return dataclasses.replace(config(tmp_path / name, stars), arcface_weight=0.5, ema=0.9)
+
+    whole = run("whole")
+    assert fit(whole, lambda: finetune_task(whole)) == 0
+    cut = run("cut")
+    per_epoch = len(finetune_task(cut).make_sampler(0, 1)) * cut.batch_size
+
+    def tripped():
+        task = finetune_task(cut)
+        task.dataset = Tripwire(task.dataset, after=per_epoch + 3 * cut.batch_size, signum=signal.SIGTERM)
+        return task
+
+    assert fit(cut, tripped) == INTERRUPTED
+    cut.resume = True
+    assert fit(cut, lambda: finetune_task(cut)) == 0
+    expected = pd.read_csv(whole.output_dir / "history.csv").drop(columns=TIMING)
+    resumed = pd.read_csv(cut.output_dir / "history.csv").drop(columns=TIMING)
+    assert resumed["arcface_loss"].iloc[1:].notna().all()
+    pd.testing.assert_frame_equal(resumed, expected, rtol=1e-5)
+    ends = [load_checkpoint(c.output_dir / "last.pth") for c in (whole, cut)]
+    for part in ("model", "ema", "arcface"):
+        for key, value in ends[0][part].items():
+            torch.testing.assert_close(ends[1][part][key], value, rtol=1e-5, atol=1e-6, msg=f"{part}.{key}")
 
 
 @pytest.mark.slow
