@@ -210,13 +210,21 @@ def ablation(options: AblationOptions) -> int:
     table_file = options.output_dir / "ablation.csv"
     rows = pd.read_csv(table_file).to_dict("records") if table_file.is_file() else []
     done = {(row["variant"], row["seed"]) for row in rows}
-    todo = [(name, seed) for seed in options.seeds for name in options.variants if (name, seed) not in done]
+    todo = [(name, seed) for name in options.variants for seed in options.seeds if (name, seed) not in done]
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
     with ProcessPoolExecutor(options.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(run_one, options, name, seed, threads) for name, seed in todo]
-        for future in as_completed(futures):
-            rows.extend(future.result())
+        for finished, future in enumerate(as_completed(futures), 1):
+            added = future.result()
+            rows.extend(added)
             pd.DataFrame(rows).to_csv(table_file, index=False)
+            trained = added[0]
+            print(
+                f"[{finished}/{len(todo)}] {trained['variant']} seed {trained['seed']}: test mAP "
+                f"{trained['mAP']:.3f}, geometric mean {trained['geometric_mean']:.3f}, "
+                f"{trained['train_s']:.0f} s training",
+                flush=True,
+            )
     runs = pd.DataFrame(sorted(rows, key=_table_order))
     table = decide(runs).fillna("")
     atomic_write_text(options.output_dir / "ablation.md", markdown(table))
