@@ -81,6 +81,19 @@ def synthetic_wildlife(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_wildlife(root, identities=20, seed=0, image_size=64)
 
 
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny synthetic star (6 identities) and wildlife (8) sets at 48 px for end-to-end training runs, one
+    pair per test module (a module's tests may add a corrupt photo to them)."""
+    from megastarid.data.synth import generate_stars, generate_wildlife
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "stars": generate_stars(root / "stars", identities=6, image_size=48),
+        "wildlife": generate_wildlife(root / "wildlife", identities=8, image_size=48),
+    }
+
+
 @pytest.fixture
 def one_torch_thread():
     """Training tests on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""

@@ -13,7 +13,6 @@ from lightning_fabric import Fabric
 
 from megastarid import cotrain, evaluate, finetune
 from megastarid.core.errors import UserError
-from megastarid.data.synth import generate_stars, generate_wildlife
 from megastarid.training.config import CotrainConfig, FinetuneConfig
 from megastarid.training.models import build_model, load_checkpoint
 from megastarid.training.strategies import cotrain_task
@@ -27,15 +26,6 @@ TINY = [
     "--workers", "0", "--warmup-epochs", "0", "--lr", "1e-3", "--eval-batch-size", "32",
 ]  # fmt: skip
 ON = ["--arcface-weight", "0.5", "--arcface-subcenters", "2", "--ema", "0.9"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("data")
-    return {
-        "stars": generate_stars(root / "stars", identities=6, image_size=48),
-        "wildlife": generate_wildlife(root / "wildlife", identities=8, image_size=48),
-    }
 
 
 def tiny_config(**changes) -> FinetuneConfig:
@@ -96,10 +86,10 @@ def test_centres_have_their_own_learning_rate_and_move_and_the_ema_lags() -> Non
 
 @pytest.mark.slow
 def test_finetune_with_arcface_and_ema_keeps_the_ema_in_best_and_evaluates(
-    tmp_path: Path, data: dict[str, Path]
+    tmp_path: Path, tiny_sets: dict[str, Path]
 ) -> None:
     run = tmp_path / "run"
-    argv = ["--output-dir", str(run), "--star-root", str(data["stars"]), "--epochs", "2", *TINY, *ON]
+    argv = ["--output-dir", str(run), "--star-root", str(tiny_sets["stars"]), "--epochs", "2", *TINY, *ON]
     assert finetune.main([*argv, "--val-fraction", "0"]) == 0  # no validation: best.pth is the last epoch
     history = pd.read_csv(run / "history.csv")
     assert history["arcface_loss"].iloc[1:].notna().all() and history["arcface_loss"].iloc[1:].gt(0).all()
@@ -109,7 +99,7 @@ def test_finetune_with_arcface_and_ema_keeps_the_ema_in_best_and_evaluates(
     floats = [key for key, value in best["model"].items() if value.is_floating_point()]
     assert all(torch.equal(best["model"][key], last["ema"][key]) for key in floats)
     assert any(not torch.equal(best["model"][key], last["model"][key]) for key in floats)
-    cfg = FinetuneConfig(star_root=data["stars"], val_fraction=0.0)
+    cfg = FinetuneConfig(star_root=tiny_sets["stars"], val_fraction=0.0)
     identities = star_catalogue(cfg).query("split == 'train'")["identity"].nunique()
     assert last["arcface"]["loss.W"].shape == (512, 2 * identities)  # embedding x (identities x sub-centres)
     groups = {group["name"]: group for group in last["optimizer"]["param_groups"]}
@@ -120,7 +110,7 @@ def test_finetune_with_arcface_and_ema_keeps_the_ema_in_best_and_evaluates(
         "--checkpoint",
         str(run / "best.pth"),
         "--star-root",
-        str(data["stars"]),
+        str(tiny_sets["stars"]),
         "--output-dir",
         str(report),
     ]
@@ -131,12 +121,15 @@ def test_finetune_with_arcface_and_ema_keeps_the_ema_in_best_and_evaluates(
 
 @pytest.mark.slow
 def test_cotrain_gives_each_data_sets_identities_their_own_centres(
-    tmp_path: Path, data: dict[str, Path]
+    tmp_path: Path, tiny_sets: dict[str, Path]
 ) -> None:
     run = tmp_path / "co"
-    roots = ["--star-root", str(data["stars"]), "--wildlife-root", str(data["wildlife"])]
+    roots = ["--star-root", str(tiny_sets["stars"]), "--wildlife-root", str(tiny_sets["wildlife"])]
     cfg = CotrainConfig(
-        output_dir=run, star_root=data["stars"], wildlife_root=data["wildlife"], backbone="test_resnet"
+        output_dir=run,
+        star_root=tiny_sets["stars"],
+        wildlife_root=tiny_sets["wildlife"],
+        backbone="test_resnet",
     )
     stars = star_catalogue(cfg).query("split == 'train'")["identity"].nunique()
     wildlife = wildlife_catalogue(cfg).query("split == 'train'")["identity"].nunique()

@@ -189,10 +189,10 @@ def test_a_phase_dies_with_its_runner_even_by_sigkill(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
 def test_hangup_and_terminate_stop_the_grid_like_ctrl_c(signum) -> None:
-    from megastarid.experiments.runner import _stop_signals_as_interrupt
+    from megastarid.experiments.runner import stop_signals_as_interrupt
 
     before = signal.getsignal(signum)
-    with pytest.raises(KeyboardInterrupt), _stop_signals_as_interrupt():
+    with pytest.raises(KeyboardInterrupt), stop_signals_as_interrupt():
         os.kill(os.getpid(), signum)
         time.sleep(5)  # the handler raises at once
     assert signal.getsignal(signum) == before

@@ -12,7 +12,6 @@ import yaml
 from megastarid import cotrain, finetune, pretrain
 from megastarid.core.console import run_main
 from megastarid.data.sources import load_star_catalogue
-from megastarid.data.synth import generate_stars, generate_wildlife
 from megastarid.training.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,23 +40,16 @@ TINY = [
 STAR_REPORTS = ("star_identity_metrics.csv", "star_folder_metrics.csv", "star_evaluation_summary.json")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("data")
-    return {
-        "stars": generate_stars(root / "stars", identities=6, image_size=48),
-        "wildlife": generate_wildlife(root / "wildlife", identities=8, image_size=48),
-    }
-
-
 def read_summary(run: Path) -> dict:
     return json.loads((run / "run_summary.json").read_text())
 
 
 @pytest.mark.slow
-def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, tiny_sets: dict[str, Path]) -> None:
     pre, fine = tmp_path / "pre", tmp_path / "fine"
-    assert pretrain.main(["--output-dir", str(pre), "--wildlife-root", str(data["wildlife"]), *TINY]) == 0
+    assert (
+        pretrain.main(["--output-dir", str(pre), "--wildlife-root", str(tiny_sets["wildlife"]), *TINY]) == 0
+    )
     history = pd.read_csv(pre / "history.csv")
     assert history["epoch"].tolist() == [0, 1] and "val_wildlife_mAP" in history  # chosen by validation
     assert read_summary(pre)["status"] == "finished"
@@ -68,7 +60,7 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[s
         "--output-dir",
         str(fine),
         "--star-root",
-        str(data["stars"]),
+        str(tiny_sets["stars"]),
         "--checkpoint",
         str(pre / "best.pth"),
         *TINY[2:],
@@ -91,15 +83,15 @@ def test_pretrain_then_finetune_from_its_checkpoint(tmp_path: Path, data: dict[s
 
 
 @pytest.mark.slow
-def test_cotrain_mixes_both_sets(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_cotrain_mixes_both_sets(tmp_path: Path, tiny_sets: dict[str, Path]) -> None:
     run = tmp_path / "co"
     argv = [
         "--output-dir",
         str(run),
         "--star-root",
-        str(data["stars"]),
+        str(tiny_sets["stars"]),
         "--wildlife-root",
-        str(data["wildlife"]),
+        str(tiny_sets["wildlife"]),
         "--star-batch-ratio",
         "0.5",
         *TINY,
@@ -112,10 +104,10 @@ def test_cotrain_mixes_both_sets(tmp_path: Path, data: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_a_corrupt_photo_is_skipped_logged_and_counted(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_a_corrupt_photo_is_skipped_logged_and_counted(tmp_path: Path, tiny_sets: dict[str, Path]) -> None:
     import shutil
 
-    stars = shutil.copytree(data["stars"], tmp_path / "stars")
+    stars = shutil.copytree(tiny_sets["stars"], tmp_path / "stars")
     catalogue = load_star_catalogue(stars)
     broken = Path(catalogue.loc[catalogue["split"] == "train", "path"].iloc[0])
     broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
@@ -127,21 +119,25 @@ def test_a_corrupt_photo_is_skipped_logged_and_counted(tmp_path: Path, data: dic
 
 
 @pytest.mark.slow
-def test_cotrain_logs_corrupt_wildlife_photos_by_their_path(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_cotrain_logs_corrupt_wildlife_photos_by_their_path(
+    tmp_path: Path, tiny_sets: dict[str, Path]
+) -> None:
     import shutil
 
-    wildlife = shutil.copytree(data["wildlife"], tmp_path / "wildlife")
+    wildlife = shutil.copytree(tiny_sets["wildlife"], tmp_path / "wildlife")
     for photo in (wildlife / "images").rglob("*.*"):
         photo.write_bytes(b"")  # every wildlife photo unreadable: the star part still trains
     run = tmp_path / "co"
-    roots = ["--star-root", str(data["stars"]), "--wildlife-root", str(wildlife)]
+    roots = ["--star-root", str(tiny_sets["stars"]), "--wildlife-root", str(wildlife)]
     assert cotrain.main(["--output-dir", str(run), *roots, *TINY]) == 0
     logged = (run / "bad_images.txt").read_text().splitlines()
     assert logged and all(line.startswith(str(wildlife / "images")) for line in logged)
     assert read_summary(run)["bad_images"] == len(logged)
 
 
-def test_bad_options_fail_in_one_line_before_any_work(tmp_path: Path, data: dict[str, Path], capsys) -> None:
+def test_bad_options_fail_in_one_line_before_any_work(
+    tmp_path: Path, tiny_sets: dict[str, Path], capsys
+) -> None:
     cases = [
         (["--epochs", "-3"], "--epochs must be at least 1"),
         (["--num-instances", "64", "--batch-size", "128"], "--num-instances 64: no identity"),
@@ -149,7 +145,7 @@ def test_bad_options_fail_in_one_line_before_any_work(tmp_path: Path, data: dict
         (["--star-root", str(tmp_path / "nowhere")], "does not exist"),
     ]
     for extra, message in cases:
-        argv = ["--output-dir", str(tmp_path / "run"), "--star-root", str(data["stars"]), *TINY, *extra]
+        argv = ["--output-dir", str(tmp_path / "run"), "--star-root", str(tiny_sets["stars"]), *TINY, *extra]
         assert run_main(finetune.main, argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("megastarid: error: ") and message in err and err.count("\n") == 1, err
@@ -168,17 +164,17 @@ def test_gpus_without_cuda_is_a_one_line_error(tmp_path: Path, capsys) -> None:
 
 
 def test_offline_pretrained_fails_before_the_run_folder_is_made(
-    tmp_path: Path, data, capsys, monkeypatch
+    tmp_path: Path, tiny_sets, capsys, monkeypatch
 ) -> None:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     run = tmp_path / "run"
-    argv = ["--output-dir", str(run), "--star-root", str(data["stars"]), *TINY, "--backbone", "resnet18"]
+    argv = ["--output-dir", str(run), "--star-root", str(tiny_sets["stars"]), *TINY, "--backbone", "resnet18"]
     assert run_main(finetune.main, [*argv, "--pretrained"]) == 2
     assert "--backbone-weights FILE" in capsys.readouterr().err
     assert not run.exists()
 
 
-def test_checkpoint_and_backbone_must_agree(tmp_path: Path, data: dict[str, Path], capsys) -> None:
+def test_checkpoint_and_backbone_must_agree(tmp_path: Path, tiny_sets: dict[str, Path], capsys) -> None:
     from megastarid.training.models import build_model, save_checkpoint
 
     ckpt = tmp_path / "pre.pth"
