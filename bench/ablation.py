@@ -5,7 +5,7 @@ built-in synthetic stars under the time-cut protocol, once per seed. Validation 
 fits the open-set threshold; the test side, with its newly recruited individuals, is scored once, so no
 option can win by test-set selection. Test-time augmentation changes no weights, so the TTA modes are
 scored on the default variant's own checkpoints by ``evaluate`` (which refits the calibration on
-validation under that mode).
+validation under that mode); ``--tta-variants`` names the variants so scored.
 
 A default changes only when the mean paired gain over the default (same seed) exceeds two standard
 deviations of those paired differences; the table says so per variant. Results go to ``--output-dir``:
@@ -65,7 +65,9 @@ class AblationOptions:
     variants: Names = tuple(VARIANTS)
     """training variants to run, comma-separated"""
     tta: Names = ("flip", "rot4", "rot4flip")
-    """test-time augmentation modes scored on the default variant's checkpoints"""
+    """test-time augmentation modes scored on the checkpoints of --tta-variants"""
+    tta_variants: Names = ("default",)
+    """variants whose checkpoints are also scored with each --tta mode (e.g. default,gem)"""
     seeds: Ints = (0, 1, 2)
     """seeds, comma-separated"""
     backbone: str = "resnet18"
@@ -197,7 +199,7 @@ def run_one(options: AblationOptions, name: str, seed: int, threads: int) -> lis
     """One variant and seed, then (for the default) its TTA modes: the rows they add to the table."""
     torch.set_num_threads(threads)
     rows = [train_variant(options, name, seed)]
-    if name == "default":
+    if name in options.tta_variants:
         run = options.output_dir / name / f"seed{seed}"
         rows.extend(score_tta(options, run, tta, name, seed) for tta in options.tta)
     return rows
@@ -225,6 +227,14 @@ def ablation(options: AblationOptions) -> int:
                 f"{trained['train_s']:.0f} s training",
                 flush=True,
             )
+    scored = {(row["variant"], row["seed"]) for row in rows}
+    for name in options.tta_variants:  # variants trained before they were named here
+        for seed in options.seeds:
+            run = options.output_dir / name / f"seed{seed}"
+            for tta in options.tta:
+                if (name, seed) in scored and (f"{name}+tta_{tta}", seed) not in scored:
+                    rows.append(score_tta(options, run, tta, name, seed))
+                    pd.DataFrame(rows).to_csv(table_file, index=False)
     runs = pd.DataFrame(sorted(rows, key=_table_order))
     table = decide(runs).fillna("")
     atomic_write_text(options.output_dir / "ablation.md", markdown(table))
