@@ -1,13 +1,14 @@
-"""Ablation of the accuracy options: each alone and the promising combination against today's default.
+"""Ablation of the accuracy options: each alone and the promising combination against the baseline.
 
-Every variant trains star-only from scratch (a small backbone at a small size, no download) on the
-built-in synthetic stars under the time-cut protocol, once per seed. Validation picks ``best.pth`` and
-fits the open-set threshold; the test side, with its newly recruited individuals, is scored once, so no
-option can win by test-set selection. Test-time augmentation changes no weights, so the TTA modes are
-scored on the default variant's own checkpoints by ``evaluate`` (which refits the calibration on
-validation under that mode); ``--tta-variants`` names the variants so scored.
+The baseline is the model before this ablation chose the defaults (average pooling, no test-time
+augmentation); every variant is the baseline with its own options. Every variant trains star-only from
+scratch (a small backbone at a small size, no download) on the built-in synthetic stars under the
+time-cut protocol, once per seed. Validation picks ``best.pth`` and fits the open-set threshold; the test
+side, with its newly recruited individuals, is scored once, so no option can win by test-set selection.
+Test-time augmentation changes no weights, so the TTA modes are scored on the trained checkpoints of
+``--tta-variants`` by ``evaluate`` (which refits the calibration on validation under that mode).
 
-A default changes only when the mean paired gain over the default (same seed) exceeds two standard
+A default changes only when the mean paired gain over the baseline (same seed) exceeds two standard
 deviations of those paired differences; the table says so per variant. Results go to ``--output-dir``:
 ``ablation.csv`` (one row per run), ``ablation.md`` (the table) and ``ablation.png``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import os
 import statistics
@@ -43,9 +45,12 @@ from megastarid.training.strategies import run_finetune
 
 log = logging.getLogger(__name__)
 
-#: training variants: name -> TrainConfig fields that differ from today's default
+#: what every variant starts from: the model before this ablation chose the defaults (the backbone's own
+#: average pooling; the training report without test-time augmentation, which is scored on its own)
+BASELINE: dict[str, Any] = {"pooling": "avg", "tta": "none"}
+#: training variants: name -> FinetuneConfig fields that differ from the baseline
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
+    "baseline": {},
     "gem": {"pooling": "gem"},
     "multiscale": {"multiscale": True},
     "arcface": {"arcface_weight": 0.5},
@@ -66,8 +71,8 @@ class AblationOptions:
     """training variants to run, comma-separated"""
     tta: Names = ("flip", "rot4", "rot4flip")
     """test-time augmentation modes scored on the checkpoints of --tta-variants"""
-    tta_variants: Names = ("default",)
-    """variants whose checkpoints are also scored with each --tta mode (e.g. default,gem)"""
+    tta_variants: Names = ("baseline",)
+    """variants whose checkpoints are also scored with each --tta mode (e.g. baseline,gem)"""
     seeds: Ints = (0, 1, 2)
     """seeds, comma-separated"""
     backbone: str = "resnet18"
@@ -93,9 +98,16 @@ class AblationOptions:
 
 
 def _scores(folder: Path) -> dict[str, float]:
+    """The test figures of a report folder; the geometric mean is NaN where validation could not fit a
+    calibration (the summary says why)."""
     summary = json.loads((folder / STAR_SUMMARY_JSON).read_text(encoding="utf-8"))
-    openset = json.loads((folder / STAR_OPENSET_SUMMARY_JSON).read_text(encoding="utf-8"))
-    return {"mAP": summary["mAP"], "CMC@1": summary["CMC@1"], "geometric_mean": openset["geometric_mean"]}
+    openset = folder / STAR_OPENSET_SUMMARY_JSON
+    if openset.is_file():
+        gmean = json.loads(openset.read_text(encoding="utf-8"))["geometric_mean"]
+    else:
+        gmean = float("nan")
+        log.warning("%s: no open-set report (%s)", folder, summary.get("openset", {}).get("reason"))
+    return {"mAP": summary["mAP"], "CMC@1": summary["CMC@1"], "geometric_mean": gmean}
 
 
 def train_variant(options: AblationOptions, name: str, seed: int) -> dict[str, Any]:
@@ -114,7 +126,7 @@ def train_variant(options: AblationOptions, name: str, seed: int) -> dict[str, A
         seed=seed,
         split="time-cut",
         overwrite=True,
-        **VARIANTS[name],
+        **(BASELINE | VARIANTS[name]),
     )
     started = time.perf_counter()
     if run_finetune(cfg):
@@ -140,11 +152,17 @@ def score_tta(options: AblationOptions, run: Path, tta: str, name: str, seed: in
 
 
 def _mean_std(values: Sequence[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {std:.3f}"
+    """mean ± std of the figures that exist (a missing open-set report is NaN), saying how many when some
+    are missing."""
+    known = [value for value in values if not math.isnan(value)]
+    if not known:
+        return "n/a"
+    std = statistics.stdev(known) if len(known) > 1 else 0.0
+    text = f"{statistics.fmean(known):.3f} ± {std:.3f}"
+    return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)})"
 
 
-def decide(runs: pd.DataFrame, baseline: str = "default") -> pd.DataFrame:
+def decide(runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
     """Per variant: mean ± std of each figure, and against the baseline the paired (same seed) mean gain of
     mAP and its standard deviation; ``adopt`` when that gain exceeds two standard deviations."""
     base = runs[runs["variant"] == baseline].set_index("seed")
@@ -195,46 +213,55 @@ def _table_order(row: dict[str, Any]) -> tuple[int, str, int]:
     return list(VARIANTS).index(base), row["variant"], row["seed"]
 
 
-def run_one(options: AblationOptions, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
-    """One variant and seed, then (for the default) its TTA modes: the rows they add to the table."""
+def train_one(options: AblationOptions, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
+    """A pool job: one variant trained with one seed; its row."""
     torch.set_num_threads(threads)
-    rows = [train_variant(options, name, seed)]
-    if name in options.tta_variants:
-        run = options.output_dir / name / f"seed{seed}"
-        rows.extend(score_tta(options, run, tta, name, seed) for tta in options.tta)
-    return rows
+    return [train_variant(options, name, seed)]
+
+
+def score_one(options: AblationOptions, name: str, seed: int, tta: str, threads: int) -> list[dict[str, Any]]:
+    """A pool job: one trained variant's checkpoint scored with one TTA mode; its row."""
+    torch.set_num_threads(threads)
+    return [score_tta(options, options.output_dir / name / f"seed{seed}", tta, name, seed)]
 
 
 def ablation(options: AblationOptions) -> int:
-    """Run what ``ablation.csv`` does not hold yet (a later call adds variants), ``--jobs`` at a time,
-    then write the table and the plot over every row."""
+    """Run what ``ablation.csv`` does not hold yet (a later call adds variants or TTA modes), ``--jobs`` at
+    a time: first the training runs, then the TTA scores of every trained --tta-variants checkpoint. Then
+    write the table and the plot over every row."""
     options.output_dir.mkdir(parents=True, exist_ok=True)
     table_file = options.output_dir / "ablation.csv"
     rows = pd.read_csv(table_file).to_dict("records") if table_file.is_file() else []
-    done = {(row["variant"], row["seed"]) for row in rows}
-    todo = [(name, seed) for name in options.variants for seed in options.seeds if (name, seed) not in done]
     threads = max(1, (os.cpu_count() or 1) // options.jobs)
+
+    def missing() -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
+        done = {(row["variant"], row["seed"]) for row in rows}
+        train = [(name, seed) for name in options.variants for seed in options.seeds]
+        train = [job for job in train if job not in done]
+        score = [
+            (name, seed, tta)
+            for name in options.tta_variants
+            for seed in options.seeds
+            for tta in options.tta
+            if (name, seed) in done and (f"{name}+tta_{tta}", seed) not in done
+        ]
+        return train, score
+
     with ProcessPoolExecutor(options.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, options, name, seed, threads) for name, seed in todo]
-        for finished, future in enumerate(as_completed(futures), 1):
-            added = future.result()
-            rows.extend(added)
-            pd.DataFrame(rows).to_csv(table_file, index=False)
-            trained = added[0]
-            print(
-                f"[{finished}/{len(todo)}] {trained['variant']} seed {trained['seed']}: test mAP "
-                f"{trained['mAP']:.3f}, geometric mean {trained['geometric_mean']:.3f}, "
-                f"{trained['train_s']:.0f} s training",
-                flush=True,
-            )
-    scored = {(row["variant"], row["seed"]) for row in rows}
-    for name in options.tta_variants:  # variants trained before they were named here
-        for seed in options.seeds:
-            run = options.output_dir / name / f"seed{seed}"
-            for tta in options.tta:
-                if (name, seed) in scored and (f"{name}+tta_{tta}", seed) not in scored:
-                    rows.append(score_tta(options, run, tta, name, seed))
-                    pd.DataFrame(rows).to_csv(table_file, index=False)
+        for phase in (0, 1):  # the training runs, then the TTA scores of what they trained
+            jobs = missing()[phase]
+            job = train_one if phase == 0 else score_one
+            futures = [pool.submit(job, options, *args, threads) for args in jobs]
+            for finished, future in enumerate(as_completed(futures), 1):
+                (row,) = future.result()
+                rows.append(row)
+                pd.DataFrame(rows).to_csv(table_file, index=False)
+                seconds = row["train_s"] + row["eval_s"]
+                print(
+                    f"[{finished}/{len(jobs)}] {row['variant']} seed {row['seed']}: test mAP "
+                    f"{row['mAP']:.3f}, geometric mean {row['geometric_mean']:.3f}, {seconds:.0f} s",
+                    flush=True,
+                )
     runs = pd.DataFrame(sorted(rows, key=_table_order))
     table = decide(runs).fillna("")
     atomic_write_text(options.output_dir / "ablation.md", markdown(table))

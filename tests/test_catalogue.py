@@ -200,7 +200,7 @@ def test_zero_shot_backbone_with_local_weights(stars: Path, tmp_path: Path, caps
 
 
 def test_calibration_from_the_checkpoint_run_or_fitted_on_the_catalogue(
-    synthetic_stars: Path, tmp_path: Path, capsys
+    synthetic_stars: Path, tmp_path: Path, capsys, caplog
 ) -> None:
     checkpoint = make_checkpoint(tmp_path / "run" / "best.pth")
     catalogue = tmp_path / "archive.sqlite"
@@ -228,6 +228,7 @@ def test_calibration_from_the_checkpoint_run_or_fitted_on_the_catalogue(
     given = Calibration("logistic", 0.42, 0.8, coef=10.0, intercept=-5.0, fitted_on={"protocol": "temporal"})
     (checkpoint.parent / CALIBRATION_JSON).write_text(json.dumps(given.to_dict()))
     assert run(*argv, "--image-size", SIZE, "--accept", "0.9") == 0
+    assert "does not record the --tta and --image-size it was fitted under" in caplog.text  # an older one
     with open_catalogue(catalogue) as store:
         entry = store.meta("calibration")
         stored = stored_calibration(store)

@@ -24,6 +24,8 @@ from megastarid.data.datasets import ImageDataset
 from megastarid.data.readers import read_star_tree
 from megastarid.data.transforms import build_eval_transform
 from megastarid.evaluation.embed import embed_images
+from megastarid.evaluation.openset import Calibration
+from megastarid.training.config import FinetuneConfig
 from megastarid.training.losses import ReIDLoss
 from megastarid.training.models import (
     build_model,
@@ -31,6 +33,7 @@ from megastarid.training.models import (
     load_model_from_checkpoint,
     save_checkpoint,
 )
+from megastarid.training.tasks import resolve_architecture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,10 +70,10 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize(
     ("backbone", "head"),
     [
-        ("resnet18", ["--pooling", "gem"]),
-        ("resnet18", ["--multiscale"]),
+        ("resnet18", []),  # the default: gem, one scale
+        ("resnet18", ["--pooling", "avg", "--multiscale"]),
         ("resnet18", ["--pooling", "gem", "--multiscale"]),
-        ("test_convnext", ["--multiscale"]),
+        ("test_convnext", ["--pooling", "avg", "--multiscale"]),
         ("test_efficientnet", ["--pooling", "gem", "--multiscale"]),
     ],
 )
@@ -81,7 +84,7 @@ def test_a_head_trains_and_its_checkpoint_evaluates_as_trained(
     argv = ["--output-dir", run_dir, "--star-root", synthetic_stars, "--backbone", backbone, *TINY, *head]
     assert finetune.main([str(arg) for arg in argv] + ["--val-fraction", "0"]) == 0  # best.pth: the last
     checkpoint = load_checkpoint(run_dir / "best.pth")
-    gem, multiscale = "gem" in head, "--multiscale" in head
+    gem, multiscale = "avg" not in head, "--multiscale" in head
     assert checkpoint["config"]["pooling"] == ("gem" if gem else "avg")
     assert checkpoint["config"]["multiscale"] is multiscale
     stages = 3 if multiscale else 1
@@ -136,17 +139,24 @@ def test_a_checkpoint_with_an_unknown_head_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_finetuning_a_checkpoint_needs_its_head(
+def test_finetuning_a_checkpoint_takes_its_pooling_and_needs_its_multiscale(
     synthetic_stars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert resolve_architecture(FinetuneConfig(star_root=synthetic_stars)).pooling == "gem"  # from scratch
+    old = tmp_path / "old" / "best.pth"  # from before --pooling: the backbone's average pooling
+    save_checkpoint(old, build_model("test_resnet", 8), {"backbone": "test_resnet", "embedding_dim": 8})
+    assert resolve_architecture(FinetuneConfig(star_root=synthetic_stars, checkpoint=old)).pooling == "avg"
     start = tmp_path / "pre" / "best.pth"
     config = {"backbone": "test_resnet", "embedding_dim": 8, "image_size": 32, "pooling": "gem"}
-    save_checkpoint(start, build_model("test_resnet", 8, pooling="gem"), config)
-    argv = ["--output-dir", tmp_path / "fine", "--star-root", synthetic_stars, "--checkpoint", start]
-    assert run_main(finetune.main, [str(arg) for arg in argv]) == 2
-    assert one_error_line(capsys).endswith(
-        "--pooling avg differs from the --checkpoint's head: pass --pooling gem"
-    )
+    save_checkpoint(start, build_model("test_resnet", 8, pooling="gem", multiscale=True), config | {
+        "multiscale": True})  # fmt: skip
+    base = ["--output-dir", tmp_path / "fine", "--star-root", synthetic_stars, "--checkpoint", start]
+    for head, error in (
+        (["--multiscale", "--pooling", "avg"], "--pooling avg --multiscale differs"),
+        ([], "--pooling gem differs from the --checkpoint's head: pass --pooling gem --multiscale"),
+    ):
+        assert run_main(finetune.main, [str(arg) for arg in base + head]) == 2
+        assert error in one_error_line(capsys)
     assert not (tmp_path / "fine").exists()
 
 
@@ -315,8 +325,8 @@ def test_a_rot4_catalogue_knows_a_turned_photo_and_identify_follows_its_tta(
     star_tree: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     catalogue, plain = tmp_path / "rot4.sqlite", tmp_path / "plain.sqlite"
-    assert run(*build_command(checkpoint, star_tree, catalogue), "--tta", "rot4") == 0
-    assert run(*build_command(checkpoint, star_tree, plain)) == 0
+    assert run(*build_command(checkpoint, star_tree, catalogue)) == 0  # auto: rot4 for star photos
+    assert run(*build_command(checkpoint, star_tree, plain), "--tta", "none") == 0
     tta, model_line = catalogue_facts(catalogue, capsys)
     assert tta == "rot4" and "TTA rot4" in model_line
     turned = turned_photos(star_tree, tmp_path / "new")
@@ -361,3 +371,23 @@ def test_a_catalogue_that_stored_a_bool_opens_as_its_mode(
     turned = turned_photos(star_tree, tmp_path / "new")
     assert identify_turned(catalogue, turned, tmp_path / "out")["catalogue"]["model"]["tta"] == mode
     assert run(*build, "--tta", mode) == 0  # the same model: an update, no --rebuild needed
+    assert run(*build) == 0  # auto keeps the catalogue's own mode
+
+
+def test_a_build_embeds_as_its_calibration_was_fitted_or_says_why_not(
+    star_tree: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fitted_on = {"side": "validation", "protocol": "time-cut", "tta": "none", "image_size": 32}
+    calibration = Calibration("logistic", 0.5, 0.5, coef=10.0, intercept=-5.0, fitted_on=fitted_on)
+    (checkpoint.parent / "calibration.json").write_text(json.dumps(calibration.to_dict()))
+    catalogue = tmp_path / "archive.sqlite"
+    assert run(*build_command(checkpoint, star_tree, catalogue)) == 0
+    assert catalogue_facts(catalogue, capsys)[0] == "none"  # auto: the calibration's, not rot4
+    for other, option in ((("--tta", "rot4"), "--tta"), (("--image-size", "48"), "--image-size")):
+        elsewhere = tmp_path / f"{option}.sqlite"
+        assert run(*build_command(checkpoint, star_tree, elsewhere), *other) == 2
+        err = one_error_line(capsys)
+        theirs = fitted_on[option[2:].replace("-", "_")]
+        assert f"fitted on embeddings made with {option} {theirs}, this catalogue's are made with" in err
+        assert f"build with {option} {theirs}" in err
+        assert not elsewhere.exists()  # refused before anything was written

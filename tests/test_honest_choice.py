@@ -76,6 +76,8 @@ def test_noise_on_the_test_side_changes_no_choice(stars: Path, tmp_path: Path) -
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     calibrations = [json.loads((runs[n] / "calibration.json").read_text()) for n in ("clean", "noisy")]
     assert calibrations[0] == calibrations[1] and calibrations[0]["fitted_on"]["side"] == "validation"
+    assert calibrations[0]["fitted_on"]["tta"] == "rot4"  # fitted on embeddings made as the report's are
+    assert calibrations[0]["fitted_on"]["image_size"] == int(TINY[TINY.index("--image-size") + 1])
     opened = [json.loads((runs[n] / "star_openset_summary.json").read_text()) for n in ("clean", "noisy")]
     assert opened[0]["threshold"] == opened[1]["threshold"]
 

@@ -24,9 +24,17 @@ from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.data.options import StarDataOptions
 from megastarid.data.readers import read_star_csv, read_star_tree
 from megastarid.data.synth import ensure_synthetic
+from megastarid.evaluation.embed import TTA, resolve_tta
+from megastarid.evaluation.openset import Calibration
 from megastarid.evaluation.options import EmbeddingOptions
 from megastarid.identification.build import COMMIT_EVERY, build_catalogue
-from megastarid.identification.calibrate import describe, read_calibration, update_calibration
+from megastarid.identification.calibrate import (
+    calibration_tta,
+    check_embedded_alike,
+    describe,
+    read_calibration,
+    update_calibration,
+)
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
 from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
 from megastarid.identification.embedder import Embedder
@@ -96,9 +104,31 @@ class BuildOptions(EmbeddingOptions, StarDataOptions):
         super().__post_init__()
 
 
-def make_embedder(options: BuildOptions) -> Embedder:
+def catalogue_tta(path: Path) -> TTA | None:
+    """The TTA an existing catalogue's photos were embedded with (None: no catalogue there yet)."""
+    if not path.is_file() or not path.stat().st_size:
+        return None
+    with open_catalogue(path) as store:
+        model = store.meta(MODEL)
+    fingerprint = model.get("fingerprint") if isinstance(model, dict) else None
+    return fingerprint.get("tta") if isinstance(fingerprint, dict) else None
+
+
+def build_tta(options: BuildOptions, calibration: Calibration | None, stored: TTA | None) -> TTA:
+    """``--tta auto`` for a build: the calibration's (its threshold holds for embeddings made that way),
+    else the ``stored`` catalogue's own (it grows alike), else the star photos' default."""
+    if options.tta != "auto":
+        return options.tta
+    if (fitted := calibration_tta(calibration)) is not None:
+        return fitted
+    if stored is not None and not options.rebuild:
+        return stored
+    return resolve_tta("auto", "star")
+
+
+def make_embedder(options: BuildOptions, tta: TTA) -> Embedder:
     device = resolve_device(options.device)
-    common = {"tta": options.tta, "image_size": options.image_size}
+    common = {"tta": tta, "image_size": options.image_size}
     loading = {"batch_size": options.batch_size, "num_workers": options.workers}
     if options.checkpoint is not None:
         return checkpoint_embedder(options.checkpoint, device, **common, **loading)
@@ -121,7 +151,10 @@ def build(options: BuildOptions) -> int:
     elif options.checkpoint is not None and (options.checkpoint.parent / CALIBRATION_JSON).is_file():
         calibration_path = options.checkpoint.parent / CALIBRATION_JSON
         given, source = read_calibration(calibration_path), "checkpoint"
-    embedder = make_embedder(options)
+    embedder = make_embedder(options, build_tta(options, given, catalogue_tta(options.catalogue)))
+    if given is not None:
+        assert calibration_path is not None
+        check_embedded_alike(given, calibration_path, embedder.fingerprint)
     with open_catalogue(options.catalogue, create=True) as store:
         report = build_catalogue(store, table, root, embedder, options.rebuild, options.commit_every)
         entry = update_calibration(store, given, source, calibration_path, report.changed, options.accept)

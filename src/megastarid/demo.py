@@ -37,6 +37,7 @@ from megastarid.core.runfiles import (
     STAR_SUMMARY_JSON,
 )
 from megastarid.data.synth import ensure_synthetic
+from megastarid.evaluation.embed import resolve_tta
 from megastarid.evaluation.star import evaluate_star
 from megastarid.training.config import FinetuneConfig, PretrainConfig, TrainConfig
 from megastarid.training.models import load_model_from_checkpoint
@@ -84,11 +85,15 @@ def _phase(name: str, run: Callable[[Any], int], cfg: TrainConfig) -> None:
 
 
 def before_finetuning(checkpoint: Path, finetune: FinetuneConfig) -> dict[str, Any]:
-    """The pre-trained model's retrieval of known individuals on the same star test side (scored once,
-    nothing written): the baseline that fine-tuning has to beat."""
+    """The pre-trained model's retrieval of known individuals on the same star test side, embedded as the
+    fine-tuned model's report will be (scored once, nothing written): the baseline that fine-tuning has
+    to beat."""
     model, _ = load_model_from_checkpoint(checkpoint, "cpu")
+    tta = resolve_tta(finetune.tta, "star")
     with torch.no_grad():
-        return evaluate_star(model, star_catalogue(finetune), None, finetune.image_size, "cpu", batch_size=64)
+        return evaluate_star(
+            model, star_catalogue(finetune), None, finetune.image_size, "cpu", tta=tta, batch_size=64
+        )
 
 
 def _command(*argv: str) -> None:

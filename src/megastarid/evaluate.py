@@ -24,7 +24,7 @@ from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptio
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.splits import SplitPlan, split_catalogue
 from megastarid.data.synth import ensure_synthetic
-from megastarid.evaluation.embed import NonFiniteEmbeddingError
+from megastarid.evaluation.embed import NonFiniteEmbeddingError, resolve_tta
 from megastarid.evaluation.embeddings import load_embeddings
 from megastarid.evaluation.options import CalibrationOptions, EmbeddingOptions
 from megastarid.evaluation.reports import DEFAULT_KS
@@ -71,7 +71,7 @@ class EvaluateOptions(StarDataOptions, SplitOptions, CalibrationOptions, Wildlif
             raise UserError("--checkpoint and --embeddings exclude each other: give one")
         if self.embeddings is not None:
             needs_model = {
-                "--tta": self.tta != "none",
+                "--tta": self.tta != "auto",
                 "--wildlife-root": self.wildlife_root,
                 "--image-size": self.image_size,
             }
@@ -153,7 +153,7 @@ def run(cfg: EvaluateOptions) -> dict:
     options["image_size"] = image_size
     options["train_config"] = train_config
     options["seen_new_identities"] = len(seen)  # > 0 only with --allow-seen-identities
-    common = {"tta": cfg.tta, "batch_size": cfg.batch_size, "num_workers": cfg.workers}
+    common = {"batch_size": cfg.batch_size, "num_workers": cfg.workers}
     summary = evaluate_star(
         model,
         catalogue,
@@ -163,6 +163,7 @@ def run(cfg: EvaluateOptions) -> dict:
         cfg.ks,
         cfg.checkpoint,
         options,
+        tta=resolve_tta(cfg.tta, "star"),
         rerank=cfg.rerank,
         openset=cfg.openset_settings(),
         **common,
@@ -172,7 +173,16 @@ def run(cfg: EvaluateOptions) -> dict:
             cfg.wildlife_root, datasets=cfg.wildlife_datasets or None, species=cfg.wildlife_species or None
         )
         summary["wildlife"] = evaluate_wildlife(
-            model, wildlife, image_size, device, cfg.ks, out_dir, cfg.checkpoint, options, **common
+            model,
+            wildlife,
+            image_size,
+            device,
+            cfg.ks,
+            out_dir,
+            cfg.checkpoint,
+            options,
+            tta=resolve_tta(cfg.tta, "wildlife"),
+            **common,
         )
     return summary
 

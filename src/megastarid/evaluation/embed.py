@@ -36,6 +36,19 @@ def tta_mode(value: object) -> TTA:
     return value  # type: ignore[return-value]
 
 
+#: ``--tta auto``: each kind of photo's mode. A star photographed from above has no "up" (rot4 raised test
+#: mAP beyond two standard deviations in bench/README.md's ablation); WildlifeReID-10k's animals are mostly
+#: photographed from the side, where a quarter turn is a pose the set never shows.
+AUTO_TTA: dict[str, TTA] = {"star": "rot4", "wildlife": "none"}
+#: what ``--tta`` accepts: a mode, or auto
+TTAChoice = Literal["auto", TTA]
+
+
+def resolve_tta(choice: str, photos: Literal["star", "wildlife"]) -> TTA:
+    """The mode ``--tta`` means for ``photos``: auto is ``AUTO_TTA``'s, a mode is itself."""
+    return AUTO_TTA[photos] if choice == "auto" else tta_mode(choice)
+
+
 def tta_views(images: torch.Tensor, tta: TTA) -> Iterator[torch.Tensor]:
     """The views of a batch (N, C, H, W) that ``tta`` averages: the batch itself first, then its mirror
     (flip), its three further quarter turns (rot4), or those four turns of the batch and of its mirror

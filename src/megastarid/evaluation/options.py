@@ -1,5 +1,6 @@
 """Options declared once for the commands that share them: the open-set calibration (training and
-evaluation) and how photos are embedded (evaluate, catalogue build, identify)."""
+evaluation), the test-time augmentation (evaluation, star training, catalogue) and how photos are embedded
+(evaluate, catalogue build, identify)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,24 @@ from typing import Literal
 
 from megastarid.core.errors import UserError
 from megastarid.core.options import Options
-from megastarid.evaluation.embed import TTA
+from megastarid.evaluation.embed import TTAChoice
 from megastarid.evaluation.star import OpenSetSettings
 
 
 @dataclass
-class EmbeddingOptions(Options):
+class TTAOptions(Options):
+    """How the embeddings that are scored, calibrated and stored are made (evaluation, the final report of
+    star training, the catalogue)."""
+
+    tta: TTAChoice = "auto"
+    """test-time augmentation, each embedding the mean of the photo's views: flip (the photo and its
+    mirror), rot4 (its four quarter turns), rot4flip (those and their mirrors: 8 views, 8x the model's
+    work); auto: rot4 for star photos (taken from above, a star has no up), none for WildlifeReID-10k's side
+    views"""
+
+
+@dataclass
+class EmbeddingOptions(TTAOptions):
     """How photos are embedded: batches, loading processes, device and test-time augmentation."""
 
     batch_size: int = 64
@@ -22,10 +35,6 @@ class EmbeddingOptions(Options):
     """image loading processes"""
     device: str = "auto"
     """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
-    tta: TTA = "none"
-    """test-time augmentation, each embedding the mean of the photo's views: flip (the photo and its
-    mirror), rot4 (its four quarter turns: a star photographed from above has no up), rot4flip (those and
-    their mirrors: 8 views, 8x the model's work)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,10 @@ def embed_catalogue(
     return embeddings, kept_queries, both["path"].to_numpy()[~readable].tolist()
 
 
+#: the ``embedding_facts`` that say how embeddings were made (a calibration records them)
+EMBEDDED_KEYS = ("tta", "image_size")
+
+
 def embedding_facts(tta: TTA, image_size: int, unreadable: Sequence[str]) -> dict[str, object]:
     """The summary keys that say how a catalogue was embedded (for star and wildlife summaries alike);
     ``tta`` is the mode's name (summaries written before the modes hold true/false)."""
@@ -167,7 +171,8 @@ def evaluate_embeddings(
             examples(skipped, 5),
         )
     if out_dir is not None and openset is not None:
-        result["openset"] = openset_report(embeddings, Path(out_dir), openset)
+        embedded = {key: extra[key] for key in EMBEDDED_KEYS if key in extra}
+        result["openset"] = openset_report(embeddings, Path(out_dir), openset, embedded)
     if out_dir is not None:
         queries = query_table(embeddings, results)
         write_reports(Path(out_dir), queries, results, result, ks)
@@ -262,10 +267,17 @@ def validation_answers(view: EmbeddingSet) -> OpenSetAnswers:
     return concat_answers([known, answer_queries(*args, leave_own_out=True)])
 
 
-def openset_report(embeddings: EmbeddingSet, out_dir: Path, settings: OpenSetSettings) -> dict:
+def openset_report(
+    embeddings: EmbeddingSet,
+    out_dir: Path,
+    settings: OpenSetSettings,
+    embedded: Mapping[str, object] | None = None,
+) -> dict:
     """Fit the calibration on validation (``calibration.json``), then score the test side at its τ and
     write the open-set report; returns the open-set summary, or why it was not written (too few
-    validation queries is one line in the log and in the summary, never a silent default)."""
+    validation queries is one line in the log and in the summary, never a silent default). ``embedded``
+    (``EMBEDDED_KEYS``: the TTA and image size) goes into the calibration's ``fitted_on``: its τ holds
+    only for embeddings made the same way, which the catalogue checks."""
     view = validation_view(embeddings)
     try:
         if view is None:
@@ -275,7 +287,7 @@ def openset_report(embeddings: EmbeddingSet, out_dir: Path, settings: OpenSetSet
             settings.method,
             settings.max_false_new,
             settings.accept,
-            fitted_on={"side": "validation", "protocol": embeddings.protocol},
+            fitted_on={"side": "validation", "protocol": embeddings.protocol, **(embedded or {})},
         )
     except UserError as err:
         log.warning("no calibration.json and no open-set report: %s", err)

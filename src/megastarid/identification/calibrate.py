@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
+from megastarid.core.options import flag
 from megastarid.data.splits import hash_order
+from megastarid.evaluation.embed import TTA, tta_mode
 from megastarid.evaluation.openset import (
     MIN_CALIBRATION_QUERIES,
     Calibration,
@@ -36,11 +38,15 @@ from megastarid.evaluation.openset import (
     concat_answers,
     fit_calibration,
 )
+from megastarid.evaluation.star import EMBEDDED_KEYS
+from megastarid.identification.embedder import ModelFingerprint
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.store import CALIBRATION, CatalogueStore
 
 log = logging.getLogger(__name__)
 
+#: the ``fitted_on`` keys that say how a calibration's embeddings were made, with their options
+EMBEDDED = {key: flag(key) for key in EMBEDDED_KEYS}
 #: most query photos a fit on the catalogue uses (whole latest outings, identities in a seeded order)
 MAX_CALIBRATION_QUERIES = 4000
 #: where a stored calibration came from
@@ -66,6 +72,43 @@ def read_calibration(path: Path) -> Calibration:
     if not isinstance(data, dict):
         raise UserError(f"calibration {path}: not a MegaStarID calibration (expected a JSON object)")
     return Calibration.from_dict(data, str(path))
+
+
+def calibration_tta(calibration: Calibration | None) -> TTA | None:
+    """The test-time augmentation a calibration was fitted under, where it records one."""
+    if calibration is None or "tta" not in calibration.fitted_on:
+        return None
+    try:
+        return tta_mode(calibration.fitted_on["tta"])
+    except ValueError as err:
+        raise UserError(f"calibration: its fitted_on.tta is {err}") from None
+
+
+def check_embedded_alike(calibration: Calibration, where: Path, fingerprint: ModelFingerprint) -> None:
+    """A calibration's τ and probabilities are for scores between embeddings made one way (TTA, image
+    size): the catalogue's photos embedded another way score differently, so that is one line, not a
+    silently wrong threshold. A calibration that records neither (written before they were recorded) is
+    used with a warning."""
+    recorded = calibration.fitted_on
+    if not any(key in recorded for key in EMBEDDED):
+        log.warning(
+            "calibration %s does not record the --tta and --image-size it was fitted under: check they are "
+            "this catalogue's (--tta %s, --image-size %d)",
+            where,
+            fingerprint.tta,
+            fingerprint.image_size,
+        )
+        return
+    for key, option in EMBEDDED.items():
+        mine = getattr(fingerprint, key)
+        theirs = calibration_tta(calibration) if key == "tta" else recorded.get(key)
+        if theirs is not None and theirs != mine:
+            raise UserError(
+                f"calibration {where} was fitted on embeddings made with {option} {theirs}, this "
+                f"catalogue's are made with {option} {mine}, and its threshold would misjudge them: build "
+                f"with {option} {theirs}, or give --calibration FILE fitted with {option} {mine} (megastarid "
+                "evaluate writes one)"
+            )
 
 
 def fit_on_catalogue(

@@ -32,8 +32,8 @@ from megastarid.core.options import (
     switch_value,
 )
 from megastarid.data.options import SplitOptions, StarDataOptions, ValidationOptions, WildlifeOptions
-from megastarid.evaluation.options import CalibrationOptions
-from megastarid.training.models import DEFAULT_BACKBONE, POOLINGS, Pooling
+from megastarid.evaluation.options import CalibrationOptions, TTAOptions
+from megastarid.training.models import DEFAULT_BACKBONE, DEFAULT_POOLING, POOLINGS, Pooling
 
 __all__ = [
     "CotrainConfig",
@@ -66,9 +66,9 @@ class TrainConfig(Options):
     """local weights file for the backbone (works offline)"""
     embedding_dim: int = 512
     """size of the L2-normalised embedding"""
-    pooling: Pooling = "avg"
-    """head pooling: avg (the backbone's own) or gem (generalized mean with a learnable exponent, over the
-    last stage's feature map)"""
+    pooling: Pooling = DEFAULT_POOLING
+    """head pooling: gem (generalized mean with a learnable exponent, over the last stage's feature map) or
+    avg (the backbone's own, the head of earlier versions)"""
     multiscale: bool = False
     """fuse the last three backbone stages (each pooled and projected to the embedding size, summed) before
     the BNNeck"""
@@ -194,7 +194,8 @@ class TrainConfig(Options):
             )
         if self.image_size < 32:
             raise UserError(f"--image-size must be at least 32, got {self.image_size}")
-        if self.pooling not in POOLINGS or not isinstance(self.multiscale, bool):
+        pooling_ok = self.pooling in POOLINGS or (self.pooling is None and self.pooling_from_checkpoint())
+        if not pooling_ok or not isinstance(self.multiscale, bool):
             raise UserError(
                 f"--pooling must be {' or '.join(POOLINGS)} and --multiscale a switch, got "
                 f"{quoted(str(self.pooling))} and {quoted(str(self.multiscale))}"
@@ -212,6 +213,10 @@ class TrainConfig(Options):
             if path is not None and not Path(path).exists():
                 raise UserError(f"{flag(name)}: {path} does not exist")
 
+    def pooling_from_checkpoint(self) -> bool:
+        """Whether ``pooling`` may be None: the --checkpoint's, resolved before training starts."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         """The run's recorded options (config.yaml, the checkpoint's config, the report summaries) as plain
         YAML/JSON/checkpoint-safe types: paths as strings, comma lists as the flag spells them (``0,1``).
@@ -228,18 +233,31 @@ class PretrainConfig(WildlifeOptions, ValidationOptions, TrainConfig):
 
 
 @dataclass
-class FinetuneConfig(StarDataOptions, SplitOptions, CalibrationOptions, TrainConfig):
-    """Fine-tuning on star_dataset from a checkpoint, or the star-only baseline without one."""
+class FinetuneConfig(StarDataOptions, SplitOptions, CalibrationOptions, TTAOptions, TrainConfig):
+    """Fine-tuning on star_dataset from a checkpoint, or the star-only baseline without one. ``--tta`` is
+    the final report's and its calibration's (per-epoch validation embeds each photo once)."""
 
     output_dir: Path = Path("checkpoints/megastarid/finetune")
     backbone: Annotated[
         str | None, tyro.conf.arg(help=f"timm model name; None: the --checkpoint's, else {DEFAULT_BACKBONE}")
+    ] = None
+    pooling: Annotated[
+        Pooling | None,
+        tyro.conf.arg(help=f"head pooling, avg or gem; None: the --checkpoint's, else {DEFAULT_POOLING}"),
     ] = None
     epochs: int = 100
     lr: float = 5e-5
     backbone_lr_mult: float = 0.1
     checkpoint: Path | None = None
     """start from this checkpoint's weights (e.g. pretrain/best.pth)"""
+
+    def pooling_from_checkpoint(self) -> bool:
+        return True
+
+    def __post_init__(self) -> None:
+        if self.pooling is None and self.checkpoint is None:
+            self.pooling = DEFAULT_POOLING  # with a --checkpoint, run_finetune/run_cotrain take its pooling
+        super().__post_init__()
 
 
 @dataclass

@@ -26,6 +26,7 @@ from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.splits import carve_wildlife_validation
 from megastarid.data.synth import ensure_synthetic
 from megastarid.data.transforms import build_star_train_transform, build_wildlife_train_transform
+from megastarid.evaluation.embed import resolve_tta
 from megastarid.evaluation.star import VALIDATION_SIDES, evaluate_star, split_sides
 from megastarid.evaluation.wildlife import evaluate_wildlife
 from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOptions
@@ -116,8 +117,8 @@ def pk_sampler_factory(data: TrainSet, cfg: TrainConfig) -> Callable[[int, int],
 
 
 def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
-    """With ``--checkpoint``, the backbone and embedding size are the checkpoint's (a clash is an error),
-    and its head must be the one asked for (``--pooling``, ``--multiscale``)."""
+    """With ``--checkpoint``, the backbone, embedding size and pooling are the checkpoint's (a clash is an
+    error), and so must ``--multiscale`` be; without, the defaults."""
     if cfg.checkpoint is None:
         return dataclasses.replace(cfg, backbone=cfg.backbone or DEFAULT_BACKBONE)
     saved = load_checkpoint(cfg.checkpoint)["config"]
@@ -126,14 +127,17 @@ def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
             f"--backbone {cfg.backbone} differs from the --checkpoint's {saved['backbone']}: "
             "leave out --backbone"
         )
-    saved_head, asked = checkpoint_head(saved), (cfg.pooling, cfg.multiscale)
+    saved_head = checkpoint_head(saved)
+    asked = (cfg.pooling or saved_head[0], cfg.multiscale)
     if asked != saved_head:
         spell = [
             f"--pooling {pooling}" + (" --multiscale" if multi else "")
             for pooling, multi in (asked, saved_head)
         ]
         raise UserError(f"{spell[0]} differs from the --checkpoint's head: pass {spell[1]}")
-    return dataclasses.replace(cfg, backbone=saved["backbone"], embedding_dim=int(saved["embedding_dim"]))
+    return dataclasses.replace(
+        cfg, backbone=saved["backbone"], embedding_dim=int(saved["embedding_dim"]), pooling=saved_head[0]
+    )
 
 
 def model_factory(cfg: TrainConfig) -> Callable[[], EmbeddingModel]:
@@ -251,7 +255,7 @@ def star_report(
     catalogue: pd.DataFrame, cfg: FinetuneConfig
 ) -> Callable[[nn.Module, torch.device, Path], dict]:
     """The star_* report files of DESIGN §2 for the test side, scored once from the chosen checkpoint,
-    with calibration.json fitted on validation and the open-set report."""
+    with calibration.json fitted on validation and the open-set report, all under ``--tta``."""
 
     split_sides(catalogue, "star_dataset")  # no query (test) side is refused now, not after training
 
@@ -264,6 +268,7 @@ def star_report(
             device,
             checkpoint=out_dir / BEST_CHECKPOINT,
             options=cfg.to_dict(),
+            tta=resolve_tta(cfg.tta, "star"),
             batch_size=cfg.eval_batch_size,
             num_workers=cfg.workers,
             openset=cfg.openset_settings(),
