@@ -556,7 +556,7 @@ def test_weights_that_become_nan_stop_the_run_and_are_never_saved(
     def diverging(self: Trainer, images, labels):
         losses = real_step(self, images, labels)
         with torch.no_grad():
-            self.module.neck.weight.fill_(math.inf)  # finite loss, weights gone
+            self.module.bn.weight.fill_(math.inf)  # finite loss, weights gone (the BNNeck of every head)
         return losses
 
     monkeypatch.setattr(Trainer, "step", diverging)

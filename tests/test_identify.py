@@ -92,10 +92,11 @@ def test_identify_reproduces_cmc1_and_flags_new_individuals_by_the_open_set_rule
     with open_catalogue(built.catalogue) as store:
         index = store.load_index()
         calibration = stored_calibration(store)
-    assert calibration is not None
+        tta = store.meta("model")["fingerprint"]["tta"]
+    assert calibration is not None and tta == "rot4"  # the build's default for star photos
     model = build_model(BACKBONE, embedding_dim=DIM)
     model.load_state_dict(torch.load(built.checkpoint, weights_only=True)["model"])
-    query_emb = embed_images(model.eval(), photos, SIZE, "cpu")
+    query_emb = embed_images(model.eval(), photos, SIZE, "cpu", tta=tta)
     identities = built.queries["identity"].to_numpy(dtype=str)
     gallery_ids = index.identities.astype(str)
 
