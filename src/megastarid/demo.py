@@ -6,7 +6,7 @@ later test side, with its newly recruited individuals, is scored once), and says
 plots are: retrieval of known individuals before and after fine-tuning, and the open-set figures ("known
 or new?"). Then the biologist's loop: a catalogue of the known photos built with the fine-tuned model, and
 ``identify`` on the test side's photos, with the lineup page to confirm them. The sizes are chosen so that
-it runs in about five minutes on two CPU cores and visibly learns.
+it runs in five to six minutes on two CPU cores and visibly learns.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class DemoOptions:
     """training image size in pixels"""
     pretrain_epochs: int = 5
     """epochs on synthetic wildlife"""
-    finetune_epochs: int = 40
+    finetune_epochs: int = 20
     """epochs on synthetic stars"""
     lr: float = 2e-3
     """peak learning rate of both phases"""
@@ -182,7 +182,7 @@ def demo(options: DemoOptions) -> int:
         checkpoint=pre_dir / BEST_CHECKPOINT,
         epochs=options.finetune_epochs,
         backbone_lr_mult=1.0,
-        eval_every=max(1, options.finetune_epochs // 10),
+        eval_every=max(1, options.finetune_epochs // 5),
         split=options.split,
         **common,
     )
