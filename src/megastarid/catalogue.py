@@ -128,13 +128,25 @@ def build_tta(options: BuildOptions, calibration: Calibration | None, stored: TT
 
 def make_embedder(options: BuildOptions, tta: TTA) -> Embedder:
     device = resolve_device(options.device)
-    common = {"tta": tta, "image_size": options.image_size}
-    loading = {"batch_size": options.batch_size, "num_workers": options.workers}
     if options.checkpoint is not None:
-        return checkpoint_embedder(options.checkpoint, device, **common, **loading)
+        return checkpoint_embedder(
+            options.checkpoint,
+            device,
+            tta=tta,
+            image_size=options.image_size,
+            batch_size=options.batch_size,
+            num_workers=options.workers,
+        )
     assert options.backbone is not None
     return backbone_embedder(
-        options.backbone, device, options.pretrained, options.backbone_weights, **common, **loading
+        options.backbone,
+        device,
+        options.pretrained,
+        options.backbone_weights,
+        tta=tta,
+        image_size=options.image_size,
+        batch_size=options.batch_size,
+        num_workers=options.workers,
     )
 
 

@@ -121,7 +121,7 @@ def show_augmentations(options: PreviewOptions) -> int:
     rows = []
     for photo in photos.itertuples():
         try:
-            image = load_rgb(photo.path, min_side=options.image_size)
+            image = load_rgb(str(photo.path), min_side=options.image_size)
         except BadImageError as err:
             log.warning("skipped: %s", err)
             continue

@@ -134,6 +134,7 @@ def run(cfg: EvaluateOptions) -> dict:
             openset=cfg.openset_settings(),
             embeddings_file=str(cfg.embeddings),
         )
+    assert cfg.checkpoint is not None  # without --embeddings, __post_init__ requires it
     model, train_config = load_model_from_checkpoint(cfg.checkpoint, device)
     catalogue = star_catalogue(cfg)
     seen = seen_new_identities(catalogue, train_config)
@@ -153,7 +154,6 @@ def run(cfg: EvaluateOptions) -> dict:
     options["image_size"] = image_size
     options["train_config"] = train_config
     options["seen_new_identities"] = len(seen)  # > 0 only with --allow-seen-identities
-    common = {"batch_size": cfg.batch_size, "num_workers": cfg.workers}
     summary = evaluate_star(
         model,
         catalogue,
@@ -166,7 +166,8 @@ def run(cfg: EvaluateOptions) -> dict:
         tta=resolve_tta(cfg.tta, "star"),
         rerank=cfg.rerank,
         openset=cfg.openset_settings(),
-        **common,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.workers,
     )
     if cfg.wildlife_root is not None:
         wildlife = load_wildlife_catalogue(
@@ -182,7 +183,8 @@ def run(cfg: EvaluateOptions) -> dict:
             cfg.checkpoint,
             options,
             tta=resolve_tta(cfg.tta, "wildlife"),
-            **common,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.workers,
         )
     return summary
 

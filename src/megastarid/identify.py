@@ -58,7 +58,7 @@ class IdentifyOptions(EmbeddingOptions):
     """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
     backbone_weights: Path | None = None
     """where a zero-shot catalogue's backbone weights are now, if they moved"""
-    tta: Literal["catalogue", TTA] = "catalogue"
+    tta: Literal["catalogue", TTA] = "catalogue"  # type: ignore[assignment]  # replaces TTAOptions' "auto"
     """test-time augmentation: catalogue = the catalogue's own, the only one whose embeddings compare with
     the catalogue's (a mode named here must be that one)"""
 

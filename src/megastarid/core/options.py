@@ -36,7 +36,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -156,7 +156,7 @@ _REGISTRY.primitive_rule(_float_rule)
 # -- comma lists -------------------------------------------------------------------------------------------
 
 
-def comma_list(kind: type, metavar: str, invalid: str) -> PrimitiveConstructorSpec:
+def comma_list(kind: Callable[[str], object], metavar: str, invalid: str) -> PrimitiveConstructorSpec:
     """How tyro reads a ``tuple[kind, ...]`` option from one ``a,b,c`` token (and shows its default).
 
     ``invalid`` (formatted with ``text``, the token quoted, and ``reason``, ``kind``'s error) says why a

@@ -63,10 +63,9 @@ class ConcatImageDataset(ConcatDataset[Item]):
     index, so ``collate_skip_bad``'s bad indices and ``path(i)`` address the concatenation, as the mixed
     sampler's indices do (a plain ``ConcatDataset`` would pass on each part's local index)."""
 
-    datasets: list[ImageDataset]
-
     def __init__(self, datasets: Sequence[ImageDataset]) -> None:
         super().__init__(datasets)
+        self.parts = list(datasets)
 
     def __getitem__(self, index: int) -> Item:
         image, label, _ = super().__getitem__(index)
@@ -75,7 +74,7 @@ class ConcatImageDataset(ConcatDataset[Item]):
     def path(self, index: int) -> str:
         part = bisect.bisect_right(self.cumulative_sizes, index)
         start = self.cumulative_sizes[part - 1] if part else 0
-        return self.datasets[part].path(index - start)
+        return self.parts[part].path(index - start)
 
 
 def collate_skip_bad(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
@@ -86,7 +85,7 @@ def collate_skip_bad(batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor,
     """
     good = [item for item in batch if item[0] is not None]
     bad = [index for image, _, index in batch if image is None]
-    images = torch.stack([image for image, _, _ in good]) if good else torch.empty(0)
+    images = torch.stack([image for image, _, _ in good if image is not None]) if good else torch.empty(0)
     labels = torch.tensor([label for _, label, _ in good], dtype=torch.long)
     indices = torch.tensor([index for _, _, index in good], dtype=torch.long)
     return images, labels, indices, bad

@@ -33,7 +33,13 @@ class PKBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, labels: Sequence, p: int, k: int, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        labels: np.ndarray | Sequence,
+        p: int,
+        k: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if k < 1:
             raise UserError(f"--num-instances (K) must be >= 1, got {k}")
@@ -130,8 +136,8 @@ class MixedPKBatchSampler(Sampler[list[int]]):
 
     def __init__(
         self,
-        star_labels: Sequence,
-        wildlife_labels: Sequence,
+        star_labels: np.ndarray | Sequence,
+        wildlife_labels: np.ndarray | Sequence,
         batch_size: int,
         star_ratio: float,
         k: int,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,7 +150,7 @@ class SplitPlan:
         return self.protocol != "temporal"
 
 
-def hash_order(names: list[str] | pd.Index, seed: int) -> list[str]:
+def hash_order(names: Iterable[object], seed: int) -> list[str]:
     """``names`` in a pseudo-random order that depends only on the names and the seed (not on row order,
     the platform or Python's hash salt), so every choice made with it is reproducible."""
 

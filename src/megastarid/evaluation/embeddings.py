@@ -53,16 +53,28 @@ class EmbeddingSet:
     @classmethod
     def from_arrays(cls, **arrays: object) -> EmbeddingSet:
         """Coerce to float32 embeddings and unicode string labels (never object arrays)."""
-        coerced: dict[str, object] = {"protocol": str(arrays.get("protocol", "temporal"))}
-        if arrays.get("gallery_splits") is not None:
-            coerced["gallery_splits"] = np.asarray(arrays["gallery_splits"]).astype(str)
-        for name in NPZ_ARRAYS:
+        protocol = str(arrays.get("protocol", "temporal"))
+        splits = arrays.get("gallery_splits")
+        gallery_splits = None if splits is None else np.asarray(splits).astype(str)
+
+        def coerce(name: str) -> np.ndarray:
             value = np.asarray(arrays[name])
             if name.endswith("_embeddings"):
-                coerced[name] = value.astype(np.float32, copy=False)
-            else:
-                coerced[name] = value.astype(str) if value.size else np.zeros(0, dtype="<U1")
-        return cls(**coerced)
+                return value.astype(np.float32, copy=False)
+            return value.astype(str) if value.size else np.zeros(0, dtype="<U1")
+
+        return cls(
+            query_embeddings=coerce("query_embeddings"),
+            gallery_embeddings=coerce("gallery_embeddings"),
+            query_identities=coerce("query_identities"),
+            gallery_identities=coerce("gallery_identities"),
+            query_paths=coerce("query_paths"),
+            gallery_paths=coerce("gallery_paths"),
+            query_folders=coerce("query_folders"),
+            gallery_folders=coerce("gallery_folders"),
+            gallery_splits=gallery_splits,
+            protocol=protocol,
+        )
 
 
 #: The arrays every ``star_embeddings.npz`` has, in file order; ``OPTIONAL_ARRAYS`` were added later.

@@ -44,7 +44,7 @@ class IdentityCodes:
     codes: np.ndarray  # (gallery,) int64
 
     @classmethod
-    def of(cls, identities: Sequence[str]) -> IdentityCodes:
+    def of(cls, identities: np.ndarray | Sequence[str]) -> IdentityCodes:
         names, codes = np.unique(np.asarray(identities, dtype=str), return_inverse=True)
         return cls([str(name) for name in names], codes.reshape(-1).astype(np.int64))
 
@@ -52,9 +52,9 @@ class IdentityCodes:
 def rank_individuals(
     query: np.ndarray | torch.Tensor,
     gallery: np.ndarray | torch.Tensor,
-    gallery_identities: Sequence[str] | IdentityCodes,
+    gallery_identities: np.ndarray | Sequence[str] | IdentityCodes,
     k: int = 5,
-    exclude: Sequence[str] | None = None,
+    exclude: np.ndarray | Sequence[str] | None = None,
     chunk_size: int | None = None,
 ) -> IndividualRanking:
     """Top-``k`` individuals per query by highest cosine to any of their photos.

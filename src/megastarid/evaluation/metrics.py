@@ -61,7 +61,9 @@ class QueryResults:
         return self.num_queries - self.num_scored
 
 
-def encode_identities(query_ids: Sequence, gallery_ids: Sequence) -> tuple[np.ndarray, np.ndarray]:
+def encode_identities(
+    query_ids: np.ndarray | Sequence, gallery_ids: np.ndarray | Sequence
+) -> tuple[np.ndarray, np.ndarray]:
     """Map query and gallery identities to shared integer codes (any hashable labels)."""
     query_arr, gallery_arr = np.asarray(query_ids), np.asarray(gallery_ids)
     if query_arr.dtype.kind != gallery_arr.dtype.kind:
@@ -78,9 +80,9 @@ def auto_chunk_size(gallery_size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 def rank_queries(
     query_emb: np.ndarray | torch.Tensor,
-    query_ids: Sequence,
+    query_ids: np.ndarray | Sequence,
     gallery_emb: np.ndarray | torch.Tensor,
-    gallery_ids: Sequence,
+    gallery_ids: np.ndarray | Sequence,
     device: torch.device | str | None = None,
     chunk_size: int | None = None,
 ) -> QueryResults:
@@ -106,7 +108,10 @@ def rank_queries(
 
 
 def rank_score_matrix(
-    score_matrix: torch.Tensor, query_ids: Sequence, gallery_ids: Sequence, chunk_size: int | None = None
+    score_matrix: torch.Tensor,
+    query_ids: np.ndarray | Sequence,
+    gallery_ids: np.ndarray | Sequence,
+    chunk_size: int | None = None,
 ) -> QueryResults:
     """Rank queries by a precomputed (num_queries, num_gallery) score matrix (higher = more similar)."""
     if score_matrix.shape != (len(query_ids), len(gallery_ids)):
@@ -123,8 +128,8 @@ def rank_score_matrix(
 
 def rank_from_scores(
     scores: ScoreFn,
-    query_ids: Sequence,
-    gallery_ids: Sequence,
+    query_ids: np.ndarray | Sequence,
+    gallery_ids: np.ndarray | Sequence,
     gallery_size: int,
     device: torch.device,
     chunk_size: int | None = None,

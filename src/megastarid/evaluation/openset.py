@@ -65,9 +65,9 @@ class OpenSetAnswers:
 
 def answer_queries(
     query: np.ndarray,
-    query_identities: Sequence[str],
+    query_identities: np.ndarray | Sequence[str],
     gallery: np.ndarray,
-    gallery_identities: Sequence[str],
+    gallery_identities: np.ndarray | Sequence[str],
     leave_own_out: bool = False,
 ) -> OpenSetAnswers:
     """Top-1 answers of every query; ``leave_own_out`` scores each query without its own identity's
@@ -264,7 +264,8 @@ def openset_summary(answers: OpenSetAnswers, calibration: Calibration, sweep: pd
     the test side's own sweep: it shows how well the validation τ transfers, it chooses nothing)."""
     baks, baus = baks_baus(answers, calibration.threshold)
     known = ~answers.is_new
-    best = sweep.loc[sweep["geometric_mean"].idxmax()] if sweep["geometric_mean"].notna().any() else None
+    # pandas-stubs type idxmax's label as any Hashable, which .loc's overloads do not take
+    best = sweep.loc[sweep["geometric_mean"].idxmax()] if sweep["geometric_mean"].notna().any() else None  # type: ignore[call-overload]
     hindsight_tau = float(best["threshold"]) if best is not None else math.nan
     probability = calibration.probability(answers.top1_score)
     return {
@@ -288,7 +289,9 @@ def openset_summary(answers: OpenSetAnswers, calibration: Calibration, sweep: pd
     }
 
 
-def answers_table(answers: OpenSetAnswers, paths: Sequence[str], calibration: Calibration) -> pd.DataFrame:
+def answers_table(
+    answers: OpenSetAnswers, paths: np.ndarray | Sequence[str], calibration: Calibration
+) -> pd.DataFrame:
     """``star_openset_queries.csv``: one row per query with its answer, probability and decision."""
     return pd.DataFrame(
         {

@@ -97,7 +97,7 @@ def plot_reliability(probability: np.ndarray, right: np.ndarray, path: Path) -> 
 
 def write_openset_reports(
     answers: OpenSetAnswers,
-    paths: Sequence[str],
+    paths: np.ndarray | Sequence[str],
     calibration: Calibration,
     out_dir: Path,
     facts: Mapping[str, Any] | None = None,

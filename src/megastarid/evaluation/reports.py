@@ -101,8 +101,8 @@ def folder_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.Da
 
 def summary(
     results: QueryResults,
-    query_identities: Sequence[str],
-    gallery_identities: Sequence[str],
+    query_identities: np.ndarray | Sequence[str],
+    gallery_identities: np.ndarray | Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
     checkpoint: str | os.PathLike | None = None,
     options: dict | None = None,

@@ -50,7 +50,7 @@ def dataset_table(queries: pd.DataFrame, ks: Sequence[int] = DEFAULT_KS) -> pd.D
 
 def evaluate_wildlife_embeddings(
     embeddings: EmbeddingSet,
-    query_datasets: Sequence[str],
+    query_datasets: np.ndarray | Sequence[str],
     out_dir: Path | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     checkpoint: str | os.PathLike | None = None,

@@ -104,6 +104,7 @@ def parse_time(text: str) -> int:
     if not match:
         raise UserError(f"--time {quoted(text)}: use minutes or [D-]HH:MM[:SS], e.g. 90, 12:00:00, 2-00:00")
     days, first, second, third = (int(part) if part else None for part in match.groups())
+    assert first is not None  # the pattern's one mandatory group
     if days is not None:  # D-HH[:MM[:SS]]
         seconds = days * 86400 + first * 3600 + (second or 0) * 60 + (third or 0)
     elif third is not None:  # HH:MM:SS

@@ -71,7 +71,7 @@ class BuildReport:
 
 def iso_date(value: object) -> str | None:
     """A catalogue date: ``YYYY-MM-DD`` (with the time only when it is not midnight); None when unknown."""
-    if value is None or pd.isna(value):  # type: ignore[arg-type]
+    if value is None or pd.isna(value):  # type: ignore[call-overload]
         return None
     stamp = pd.Timestamp(value)  # type: ignore[arg-type]
     return stamp.date().isoformat() if stamp == stamp.normalize() else stamp.isoformat()
@@ -178,18 +178,19 @@ def _wanted(table: pd.DataFrame, root: Path) -> dict[str, tuple[str, PhotoRecord
     """Each photo of the source table by relative path: (absolute path, record without hash or size)."""
     wanted: dict[str, tuple[str, PhotoRecord]] = {}
     for row in table.itertuples(index=False):
-        rel = relative_photo_path(row.path, root)
+        path = str(row.path)
+        rel = relative_photo_path(path, root)
         try:
             rel.encode("utf-8")
-            stat = os.stat(row.path)
+            stat = os.stat(path)
         except UnicodeEncodeError:
-            log.warning("skipped %s: its name is not valid UTF-8", row.path)
+            log.warning("skipped %s: its name is not valid UTF-8", path)
             continue
         except OSError as err:
-            log.warning("skipped %s: %s", row.path, err.strerror or err)
+            log.warning("skipped %s: %s", path, err.strerror or err)
             continue
         wanted[rel] = (
-            str(row.path),
+            path,
             PhotoRecord(
                 path=rel,
                 identity=str(row.identity),

@@ -188,8 +188,8 @@ def lineup_data(document: dict[str, Any], thumbs: dict[str, str | None]) -> dict
                 "candidates": candidates,
             }
         )
-    rank = {verdict: i for i, verdict in enumerate(VERDICT_ORDER)}
-    queries.sort(key=lambda q: (rank.get(q["verdict"], len(rank)), q["id"]))
+    verdict_rank = {verdict: i for i, verdict in enumerate(VERDICT_ORDER)}
+    queries.sort(key=lambda q: (verdict_rank.get(q["verdict"], len(verdict_rank)), q["id"]))
     catalogue = document["catalogue"]
     return {
         "key": document_key(document),

@@ -430,7 +430,7 @@ class CatalogueStore:
             raise damaged
         width = len(first[1])
         embeddings = np.empty((count, width // 4), dtype=np.float32)
-        flat = memoryview(embeddings).cast("B")
+        flat = embeddings.data.cast("B")
         ids = np.empty(count, dtype=np.int64)
         for i, (photo_id, blob) in enumerate(itertools.chain([first], cursor)):
             if i >= count:

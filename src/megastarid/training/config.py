@@ -204,7 +204,7 @@ class TrainConfig(Options):
             raise UserError("--resume and --overwrite contradict each other: pick one")
         gpus = self.gpus
         if gpus is not None and (not gpus or min(gpus) < 0 or len(set(gpus)) < len(gpus)):
-            listed = ",".join(map(str, self.gpus))
+            listed = ",".join(map(str, gpus))
             raise UserError(
                 f"--gpus must be distinct non-negative device ids such as 0,1, got {quoted(listed)}"
             )
@@ -241,10 +241,11 @@ class FinetuneConfig(StarDataOptions, SplitOptions, CalibrationOptions, TTAOptio
     backbone: Annotated[
         str | None, tyro.conf.arg(help=f"timm model name; None: the --checkpoint's, else {DEFAULT_BACKBONE}")
     ] = None
+    # widens TrainConfig's Pooling: None until resolve_architecture takes the --checkpoint's pooling
     pooling: Annotated[
         Pooling | None,
         tyro.conf.arg(help=f"head pooling, avg or gem; None: the --checkpoint's, else {DEFAULT_POOLING}"),
-    ] = None
+    ] = None  # type: ignore[assignment]
     epochs: int = 100
     lr: float = 5e-5
     backbone_lr_mult: float = 0.1

@@ -120,23 +120,23 @@ def catalogue_embedder(
         embedder = checkpoint_embedder(path, device, stored.tta, stored.image_size, batch_size, num_workers)
         what = f"checkpoint {path}"
     else:
-        path = weights or (Path(source["weights"]) if source.get("weights") else None)
-        if path is not None and not path.is_file():
+        weights_path = weights or (Path(source["weights"]) if source.get("weights") else None)
+        if weights_path is not None and not weights_path.is_file():
             raise UserError(
-                f"catalogue {catalogue} was built with backbone weights {path}, which are not there any "
-                "more: pass --backbone-weights FILE"
+                f"catalogue {catalogue} was built with backbone weights {weights_path}, which are not there "
+                "any more: pass --backbone-weights FILE"
             )
         embedder = backbone_embedder(
             stored.backbone,
             device,
-            pretrained=bool(source.get("pretrained")) and path is None,
-            weights=path,
+            pretrained=bool(source.get("pretrained")) and weights_path is None,
+            weights=weights_path,
             tta=stored.tta,
             image_size=stored.image_size,
             batch_size=batch_size,
             num_workers=num_workers,
         )
-        what = f"backbone {stored.backbone}" + (f" with weights {path}" if path else "")
+        what = f"backbone {stored.backbone}" + (f" with weights {weights_path}" if weights_path else "")
     if embedder.fingerprint != stored:
         differences = "; ".join(embedder.fingerprint.differences(stored))
         raise UserError(

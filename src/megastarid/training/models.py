@@ -15,13 +15,14 @@ import socket
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
 from timm.layers.format import get_spatial_dim
+from timm.models import FeatureInfo
 from torch import nn
 
 from megastarid.core.errors import UserError
@@ -84,9 +85,10 @@ class FeatureMapNeck(nn.Module):
             else SelectAdaptivePool2d(pool_type="avg", flatten=True, input_fmt=input_fmt)
             for _ in channels
         )
-        self.projections = nn.ModuleList(nn.Linear(c, embedding_dim, bias=False) for c in channels)
-        for projection in self.projections:
+        projections = [nn.Linear(c, embedding_dim, bias=False) for c in channels]
+        for projection in projections:
             nn.init.kaiming_normal_(projection.weight, mode="fan_out")
+        self.projections = nn.ModuleList(projections)
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         fused = [proj(pool(x)) for pool, proj, x in zip(self.pools, self.projections, maps, strict=True)]
@@ -203,12 +205,13 @@ def build_model(
         ) from None
     if feature_maps:
         fmt = getattr(net, "output_fmt", "NCHW")  # Swin's stages are channels-last
-        neck: nn.Module = FeatureMapNeck(net.feature_info.channels(), embedding_dim, pooling, fmt)
+        # timm's plain attributes: nn.Module's __getattr__ types them as a submodule or tensor
+        feature_info = cast(FeatureInfo, net.feature_info)
+        neck: nn.Module = FeatureMapNeck(feature_info.channels(), embedding_dim, pooling, fmt)
     else:
         # Models with a conv head after pooling (MobileNetV3, ...) output head_hidden_size, not num_features.
-        neck = nn.Linear(
-            getattr(net, "head_hidden_size", None) or net.num_features, embedding_dim, bias=False
-        )
+        width = cast(int, getattr(net, "head_hidden_size", None) or net.num_features)
+        neck = nn.Linear(width, embedding_dim, bias=False)
         nn.init.kaiming_normal_(neck.weight, mode="fan_out")
     return EmbeddingModel(net, neck, embedding_dim)
 

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ from megastarid.training.models import (
 )
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=FinetuneConfig)
 
 
 @dataclasses.dataclass
@@ -116,7 +118,7 @@ def pk_sampler_factory(data: TrainSet, cfg: TrainConfig) -> Callable[[int, int],
     return lambda rank, world: PKBatchSampler(data.labels, p, cfg.num_instances, cfg.seed, rank, world)
 
 
-def resolve_architecture(cfg: FinetuneConfig) -> FinetuneConfig:
+def resolve_architecture(cfg: C) -> C:
     """With ``--checkpoint``, the backbone, embedding size and pooling are the checkpoint's (a clash is an
     error), and so must ``--multiscale`` be; without, the defaults."""
     if cfg.checkpoint is None:
@@ -146,16 +148,23 @@ def model_factory(cfg: TrainConfig) -> Callable[[], EmbeddingModel]:
     On ``--resume`` the weights come from last.pth, so nothing is loaded or downloaded here.
     """
     checkpoint = getattr(cfg, "checkpoint", None)
-    assert cfg.backbone is not None
+    backbone = cfg.backbone
+    assert backbone is not None
 
     def make() -> EmbeddingModel:
-        head = {"pooling": cfg.pooling, "multiscale": cfg.multiscale}
         if cfg.resume:
-            return build_model(cfg.backbone, cfg.embedding_dim, **head)
+            return build_model(backbone, cfg.embedding_dim, pooling=cfg.pooling, multiscale=cfg.multiscale)
         if checkpoint is not None:
             log.info("starting from %s", checkpoint)
             return model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        return build_model(cfg.backbone, cfg.embedding_dim, cfg.pretrained, cfg.backbone_weights, **head)
+        return build_model(
+            backbone,
+            cfg.embedding_dim,
+            cfg.pretrained,
+            cfg.backbone_weights,
+            pooling=cfg.pooling,
+            multiscale=cfg.multiscale,
+        )
 
     return make
 

@@ -151,7 +151,9 @@ class EpochTally:
         """The tally of every rank, with one all_reduce; ``elapsed`` stays this rank's."""
         counts = [self.steps, self.images, self.bad_images, self.skipped_steps]
         local = torch.cat([self.loss_sums, self.loss_sums.new_tensor(counts)])
-        total = fabric.all_reduce(local, reduce_op="sum").cpu()
+        reduced = fabric.all_reduce(local, reduce_op="sum")
+        assert isinstance(reduced, torch.Tensor)  # a tensor in, a tensor out
+        total = reduced.cpu()
         steps, images, bad_images, skipped_steps = (int(n) for n in total[len(LOSS_KEYS) :].tolist())
         return EpochTally(total[: len(LOSS_KEYS)], steps, images, bad_images, skipped_steps, self.elapsed)
 
@@ -166,6 +168,7 @@ class EpochTally:
 def fabric_options(cfg: TrainConfig) -> dict[str, Any]:
     """Translate ``--gpus`` / ``--accelerator`` / ``--devices`` / ``--precision`` into Fabric's arguments."""
     cuda = torch.cuda.is_available()
+    devices: list[int] | int
     if cfg.gpus is not None:
         ids, listed = list(cfg.gpus), ",".join(map(str, cfg.gpus))
         if not cuda:
@@ -372,7 +375,7 @@ class Trainer:
 
     def lrs(self) -> dict[str, float]:
         lrs = {
-            group["name"]: lr
+            group["name"]: float(lr)
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True)
         }
         return {"lr": lrs["head"], "backbone_lr": lrs.get("backbone", math.nan)}
@@ -720,7 +723,9 @@ class _Run:
 
     def _save_interrupted(self, step: int, tally: EpochTally) -> None:
         self._check_finite(self.state.epoch + 1)
-        rng = self.fabric.all_gather(self.fabric.to_device(torch.get_rng_state())).cpu()
+        gathered = self.fabric.all_gather(self.fabric.to_device(torch.get_rng_state()))
+        assert isinstance(gathered, torch.Tensor)  # a tensor in, a tensor out
+        rng = gathered.cpu()
         if self.fabric.world_size == 1:
             rng = rng.unsqueeze(0)
         self.state.step = step

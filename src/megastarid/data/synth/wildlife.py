@@ -167,6 +167,7 @@ def write_wildlife(root: Path, identities: int, seed: int, image_size: int) -> i
                 if star is not None:
                     image, orientation = render_star(star, photo_rng, image_size), "top"
                 else:
+                    assert species is not None  # no star drawn: an animal species
                     image, orientation = _animal_photo(species, shapes, photo_rng, image_size)
                 relative = f"images/{dataset}/{number:04d}/{photo:03d}.jpg"
                 save_jpeg(image, root / relative, quality=int(photo_rng.integers(80, 95)))
