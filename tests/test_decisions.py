@@ -263,6 +263,23 @@ def test_a_bad_row_is_one_line_naming_file_and_line_and_nothing_is_applied(
         assert world.state() == before  # the good first row is not applied either
 
 
+def test_apply_embeds_with_the_catalogues_own_tta_and_refuses_another(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_catalogue(world.catalogue) as store:
+        mode = store.meta("model")["fingerprint"]["tta"]
+    other = "flip" if mode != "flip" else "rot4"
+    write_decisions(world.decisions, confirm_rows(world))
+    before = world.state()
+    argv = ["catalogue", "apply", "--catalogue", world.catalogue, "--decisions", world.decisions]
+    assert run(*argv, "--tta", other) == 2  # confirmed photos must be embedded as the catalogue's were
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--tta {other}: catalogue {world.catalogue} was embedded" in err
+    assert world.state() == before
+    assert run(*argv, "--tta", mode, "--batch-size", "2", "--workers", "0") == 0  # its own mode, named
+    assert world.owner(world.photos["encA"][0]) == "SiteA/star1"
+
+
 def test_malformed_files_are_one_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     path = world.decisions
     photo = world.photos["encA"][0]

@@ -38,6 +38,7 @@ from megastarid.identification.calibrate import (
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
 from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
 from megastarid.identification.embedder import Embedder
+from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.store import MODEL, open_catalogue
 from megastarid.training.embedders import (
     backbone_embedder,
@@ -256,26 +257,11 @@ CAPTURES_DESCRIPTION = (
 
 
 @dataclass(kw_only=True)
-class ApplyOptions(Options):
-    """Which decisions, into which catalogue."""
+class ApplyOptions(CatalogueModelOptions):
+    """Which decisions, into which catalogue; confirmed photos are embedded with its model."""
 
-    catalogue: Path
-    """the catalogue file"""
     decisions: Path
     """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time)"""
-    checkpoint: Path | None = None
-    """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
-    backbone_weights: Path | None = None
-    """where a zero-shot catalogue's backbone weights are now, if they moved"""
-    batch_size: int = 64
-    """images per embedding batch"""
-    device: str = "auto"
-    """torch device: cpu, cuda, cuda:1 ... (auto: cuda when available)"""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        super().__post_init__()
 
 
 def apply(options: ApplyOptions) -> int:
@@ -289,14 +275,7 @@ def apply(options: ApplyOptions) -> int:
                 raise UserError(
                     f"catalogue {options.catalogue} records no model (megastarid catalogue build)"
                 )
-            return catalogue_embedder(
-                record,
-                options.catalogue,
-                device,
-                checkpoint=options.checkpoint,
-                weights=options.backbone_weights,
-                batch_size=options.batch_size,
-            )
+            return catalogue_embedder(record, options, device)
 
         report = apply_decisions(store, options.decisions, embedder)
     print(report.line())

@@ -20,12 +20,11 @@ from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.options import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
-from megastarid.evaluation.embed import TTA
-from megastarid.evaluation.options import EmbeddingOptions
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.identify import collect_photos, identify_photos
 from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
+from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
 from megastarid.training.embedders import catalogue_embedder, resolve_device
 
@@ -39,13 +38,11 @@ DESCRIPTION = (
 
 
 @dataclass(kw_only=True)
-class IdentifyOptions(EmbeddingOptions):
+class IdentifyOptions(CatalogueModelOptions):
     """What to identify, against which catalogue, and where the answers go."""
 
     photos: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="PHOTO|DIR")]]
     """new photos, or folders of them (searched recursively)"""
-    catalogue: Path
-    """the catalogue file (megastarid catalogue build)"""
     out: Path
     """output folder for matches.csv, matches.json and lineup.html (earlier ones there are replaced)"""
     top_k: int = 5
@@ -54,13 +51,6 @@ class IdentifyOptions(EmbeddingOptions):
     """folder: the photos of one folder are one animal on one dive and are pooled; none: each photo alone"""
     allow_uncalibrated: bool = False
     """without a calibration, rank anyway (verdict 'unverified', no probabilities) instead of refusing"""
-    checkpoint: Path | None = None
-    """where the catalogue's checkpoint is now, if it moved (it must be the very same file)"""
-    backbone_weights: Path | None = None
-    """where a zero-shot catalogue's backbone weights are now, if they moved"""
-    tta: Literal["catalogue", TTA] = "catalogue"  # type: ignore[assignment]  # replaces TTAOptions' "auto"
-    """test-time augmentation: catalogue = the catalogue's own, the only one whose embeddings compare with
-    the catalogue's (a mode named here must be that one)"""
 
     def __post_init__(self) -> None:
         if not self.photos:
@@ -89,16 +79,7 @@ def identify(options: IdentifyOptions) -> int:
                 "--allow-uncalibrated for rankings without verdicts"
             )
         index = store.load_index()
-        embedder = catalogue_embedder(
-            record,
-            options.catalogue,
-            device,
-            checkpoint=options.checkpoint,
-            weights=options.backbone_weights,
-            batch_size=options.batch_size,
-            num_workers=options.workers,
-            tta=None if options.tta == "catalogue" else options.tta,
-        )
+        embedder = catalogue_embedder(record, options, device)
         log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
         result = identify_photos(
             store, index, embedder, photos, options.top_k, options.encounter_by, calibration

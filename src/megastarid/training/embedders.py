@@ -19,6 +19,7 @@ from megastarid.identification.embedder import (
     file_sha256,
     weights_sha256,
 )
+from megastarid.identification.options import CatalogueModelOptions
 from megastarid.training.models import build_model, load_model_from_checkpoint
 
 #: image size of a zero-shot backbone whose timm config names none
@@ -88,18 +89,13 @@ def _default_size(net: torch.nn.Module) -> int:
 
 
 def catalogue_embedder(
-    record: dict[str, Any],
-    catalogue: Path,
-    device: torch.device,
-    checkpoint: Path | None = None,
-    weights: Path | None = None,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    tta: TTA | None = None,
+    record: dict[str, Any], options: CatalogueModelOptions, device: torch.device
 ) -> Embedder:
-    """Re-create the model a catalogue was built with (from its ``record``); ``checkpoint`` / ``weights``
-    say where the files are now if they moved. Anything but the very same weights is a one-line error, and
-    so is a ``tta`` (``--tta``; None: the catalogue's) other than the catalogue's, before the model loads."""
+    """Re-create the model a catalogue was built with (from its ``record``); ``--checkpoint`` /
+    ``--backbone-weights`` say where the files are now if they moved. Anything but the very same weights is
+    a one-line error, and so is a ``--tta`` other than the catalogue's, before the model loads."""
+    catalogue, tta = options.catalogue, options.requested_tta()
+    batch_size, num_workers = options.batch_size, options.workers
     try:
         stored = ModelFingerprint.from_dict(record["fingerprint"])
         source = record["source"]
@@ -111,7 +107,7 @@ def catalogue_embedder(
             f"be embedded the same way (leave out --tta, or rebuild the catalogue with --tta {tta} --rebuild)"
         )
     if stored.kind == "checkpoint":
-        path = checkpoint or Path(source["checkpoint"])
+        path = options.checkpoint or Path(source["checkpoint"])
         if not path.is_file():
             raise UserError(
                 f"catalogue {catalogue} was built with checkpoint {source['checkpoint']}, which is not there "
@@ -120,7 +116,8 @@ def catalogue_embedder(
         embedder = checkpoint_embedder(path, device, stored.tta, stored.image_size, batch_size, num_workers)
         what = f"checkpoint {path}"
     else:
-        weights_path = weights or (Path(source["weights"]) if source.get("weights") else None)
+        recorded = Path(source["weights"]) if source.get("weights") else None
+        weights_path = options.backbone_weights or recorded
         if weights_path is not None and not weights_path.is_file():
             raise UserError(
                 f"catalogue {catalogue} was built with backbone weights {weights_path}, which are not there "
