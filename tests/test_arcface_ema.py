@@ -95,7 +95,9 @@ def test_finetune_with_arcface_and_ema_keeps_the_ema_in_best_and_evaluates(
     assert history["arcface_loss"].iloc[1:].notna().all() and history["arcface_loss"].iloc[1:].gt(0).all()
     best, last = load_checkpoint(run / "best.pth"), load_checkpoint(run / "last.pth")
     assert best["epoch"] == last["epoch"] == 2
-    assert "ema" not in best and set(last["ema"]) == set(last["model"])
+    assert set(last["ema"]) == set(last["model"])
+    assert not {"ema", "optimizer", "scheduler", "scaler", "arcface"} & set(best)  # the model alone
+    assert (run / "best.pth").stat().st_size < (run / "last.pth").stat().st_size / 2
     floats = [key for key, value in best["model"].items() if value.is_floating_point()]
     assert all(torch.equal(best["model"][key], last["ema"][key]) for key in floats)
     assert any(not torch.equal(best["model"][key], last["model"][key]) for key in floats)

@@ -574,12 +574,12 @@ class _Run:
         )
 
     def _save(self, name: str, rng: torch.Tensor | None = None) -> None:
-        """last.pth: the live weights (the EMA under ``ema``), to resume; best.pth: the judged weights."""
+        """last.pth: the live weights and all ``--resume`` needs (optimizer, schedule, ArcFace centres, the
+        EMA); best.pth: the judged weights (the EMA under ``ema``) alone, the model that is evaluated,
+        catalogued and shared: the optimizer's moments would triple its size and resume nothing."""
         if self.rank0:
             best = name == BEST_CHECKPOINT
-            state = self.trainer.state_dict()
-            if best:
-                state.pop("ema", None)  # best.pth's model already is the EMA
+            state = {} if best else self.trainer.state_dict()
             extra = {"rng": rng} if rng is not None else {}
             save_checkpoint(
                 self.dir / name,
