@@ -213,16 +213,16 @@ def _table_order(row: dict[str, Any]) -> tuple[int, str, int]:
     return list(VARIANTS).index(base), row["variant"], row["seed"]
 
 
-def train_one(options: AblationOptions, name: str, seed: int, threads: int) -> list[dict[str, Any]]:
+def train_one(options: AblationOptions, name: str, seed: int, threads: int) -> dict[str, Any]:
     """A pool job: one variant trained with one seed; its row."""
     torch.set_num_threads(threads)
-    return [train_variant(options, name, seed)]
+    return train_variant(options, name, seed)
 
 
-def score_one(options: AblationOptions, name: str, seed: int, tta: str, threads: int) -> list[dict[str, Any]]:
+def score_one(options: AblationOptions, name: str, seed: int, tta: str, threads: int) -> dict[str, Any]:
     """A pool job: one trained variant's checkpoint scored with one TTA mode; its row."""
     torch.set_num_threads(threads)
-    return [score_tta(options, options.output_dir / name / f"seed{seed}", tta, name, seed)]
+    return score_tta(options, options.output_dir / name / f"seed{seed}", tta, name, seed)
 
 
 def ablation(options: AblationOptions) -> int:
@@ -253,7 +253,7 @@ def ablation(options: AblationOptions) -> int:
             job = train_one if phase == 0 else score_one
             futures = [pool.submit(job, options, *args, threads) for args in jobs]
             for finished, future in enumerate(as_completed(futures), 1):
-                (row,) = future.result()
+                row = future.result()
                 rows.append(row)
                 pd.DataFrame(rows).to_csv(table_file, index=False)
                 seconds = row["train_s"] + row["eval_s"]
