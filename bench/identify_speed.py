@@ -36,8 +36,9 @@ from megastarid.identification.identify import identify_photos
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.matches import matches_document, write_matches
 from megastarid.identification.store import MODEL, ROOT, PhotoRecord, open_catalogue
-from megastarid.training.embedders import checkpoint_embedder
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.embedder import checkpoint_embedder
+from megastarid.models.network import build_model
 
 
 def clustered(photos: int, individuals: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from lightning_fabric import Fabric
 
+from megastarid.models.network import EmbeddingModel, build_model
 from megastarid.training.config import FinetuneConfig
 from megastarid.training.losses import ReIDLoss
-from megastarid.training.models import EmbeddingModel, build_model
 from megastarid.training.trainer import Trainer, fabric_options
 
 

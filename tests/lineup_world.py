@@ -14,7 +14,8 @@ import torch
 
 from megastarid import cli
 from megastarid.data.sources import load_star_catalogue
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 BACKBONE = "test_resnet"
 SIZE = 32

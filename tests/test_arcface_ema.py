@@ -13,8 +13,9 @@ from lightning_fabric import Fabric
 
 from megastarid import cotrain, evaluate, finetune
 from megastarid.core.errors import UserError
+from megastarid.models.checkpoints import load_checkpoint
+from megastarid.models.network import build_model
 from megastarid.training.config import CotrainConfig, FinetuneConfig
-from megastarid.training.models import build_model, load_checkpoint
 from megastarid.training.strategies import cotrain_task
 from megastarid.training.tasks import star_catalogue, wildlife_catalogue
 from megastarid.training.trainer import Trainer

@@ -25,8 +25,9 @@ from megastarid.identification.build import build_catalogue
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.paths import relative_photo_path
 from megastarid.identification.store import SCHEMA_VERSION, PhotoRecord, open_catalogue
-from megastarid.training.embedders import checkpoint_embedder
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.embedder import checkpoint_embedder
+from megastarid.models.network import build_model
 
 BACKBONE = "test_resnet"
 SIZE = 32

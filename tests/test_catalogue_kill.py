@@ -18,8 +18,9 @@ from conftest import make_star_tree
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.store import open_catalogue
-from megastarid.training.embedders import checkpoint_embedder
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.embedder import checkpoint_embedder
+from megastarid.models.network import build_model
 
 PHOTOS = 6 * 5 * 8
 LAYOUT = {"Site": {f"star{i}": {f"2024-0{j + 1}-01": 8 for j in range(5)} for i in range(6)}}

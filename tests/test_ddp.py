@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from megastarid.data.synth import generate_stars
-from megastarid.training.models import load_checkpoint
+from megastarid.models.checkpoints import load_checkpoint
 
 
 @pytest.mark.slow

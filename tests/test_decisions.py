@@ -22,8 +22,9 @@ from megastarid.identification.build import build_catalogue
 from megastarid.identification.decisions import apply_decisions, outing_of, read_decisions
 from megastarid.identification.lineup import DECISION_COLUMNS
 from megastarid.identification.store import SCHEMA_VERSION, open_catalogue
-from megastarid.training.embedders import checkpoint_embedder
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.embedder import checkpoint_embedder
+from megastarid.models.network import build_model
 
 LAYOUT = {
     "SiteA": {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from megastarid import demo
-from megastarid.training.models import load_checkpoint
+from megastarid.models.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

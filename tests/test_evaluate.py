@@ -29,7 +29,8 @@ from megastarid.evaluation.embeddings import (
 )
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 REPORTS = {
     "star_query_metrics.csv",

@@ -12,7 +12,8 @@ import pytest
 from megastarid.core.errors import UserError
 from megastarid.core.files import append_text, atomic_write, atomic_write_text, read_text, write_json
 from megastarid.data.resize import _atomic
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 #: a file name that is not UTF-8 (Latin-1 "é"), as Linux allows; Python holds it as a lone surrogate
 LATIN1_NAME = os.fsdecode(b"caf\xe9.jpg")

@@ -27,6 +27,7 @@ from megastarid.core.options import flag, parse_options
 from megastarid.data.check import export_split
 from megastarid.experiments import grid_search
 from megastarid.experiments.plan import GridConfig, PhaseState, build_plan
+from megastarid.models.checkpoints import load_checkpoint
 from megastarid.training.config import (
     CotrainConfig,
     FinetuneConfig,
@@ -34,7 +35,6 @@ from megastarid.training.config import (
     parse_train_config,
     save_config,
 )
-from megastarid.training.models import load_checkpoint
 
 #: most characters an error line may spend on a quoted value, plus the words around it
 SHORT_LINE = 260

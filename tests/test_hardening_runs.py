@@ -29,8 +29,9 @@ from megastarid.core.runfiles import RUN_LOCK, RUN_OUTPUT_FILES
 from megastarid.data.sources import load_star_catalogue
 from megastarid.data.synth import generate_stars
 from megastarid.evaluation.embeddings import EmbeddingSet, load_embeddings, save_embeddings
+from megastarid.models.checkpoints import load_checkpoint
+from megastarid.models.network import build_model
 from megastarid.training.config import FinetuneConfig
-from megastarid.training.models import build_model, load_checkpoint
 from megastarid.training.runfolder import hold_run_folder, lock_run_folder
 from megastarid.training.strategies import finetune_task
 from megastarid.training.trainer import Trainer, fit

@@ -25,14 +25,10 @@ from megastarid.data.readers import read_star_tree
 from megastarid.data.transforms import build_eval_transform
 from megastarid.evaluation.embed import embed_images
 from megastarid.evaluation.openset import Calibration
+from megastarid.models.checkpoints import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from megastarid.models.network import build_model
 from megastarid.training.config import FinetuneConfig
 from megastarid.training.losses import ReIDLoss
-from megastarid.training.models import (
-    build_model,
-    load_checkpoint,
-    load_model_from_checkpoint,
-    save_checkpoint,
-)
 from megastarid.training.tasks import resolve_architecture
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,8 +18,8 @@ from megastarid.core.console import run_main
 from megastarid.data.sources import load_star_catalogue
 from megastarid.data.splits import SplitPlan
 from megastarid.data.synth import generate_stars
+from megastarid.models.checkpoints import load_checkpoint
 from megastarid.training.config import FinetuneConfig
-from megastarid.training.models import load_checkpoint
 from megastarid.training.strategies import finetune_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

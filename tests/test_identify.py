@@ -24,7 +24,8 @@ from megastarid.evaluation.metrics import cmc, rank_queries
 from megastarid.evaluation.openset import answer_queries
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.store import open_catalogue
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 BACKBONE = "test_resnet"
 SIZE = 32

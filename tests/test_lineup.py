@@ -30,7 +30,8 @@ from megastarid.identification.lineup import (
     script_json,
     write_lineup,
 )
-from megastarid.training.models import build_model, save_checkpoint
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 LAYOUT = {
     "SiteA": {"star1": {"2024-03-01": 2, "2024-04-01": 2}, "star2": {"2024-03-01": 2, "2024-04-02": 2}},

@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from megastarid.core.errors import UserError
-from megastarid.training.models import (
-    GeM,
-    build_model,
-    load_checkpoint,
-    load_model_from_checkpoint,
-    save_checkpoint,
-)
+from megastarid.models.checkpoints import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from megastarid.models.network import GeM, build_model
 
 BACKBONE = "test_resnet"
 

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from megastarid.data.synth import generate_stars
+from megastarid.models.checkpoints import load_checkpoint
 from megastarid.training.config import FinetuneConfig
-from megastarid.training.models import load_checkpoint
 from megastarid.training.strategies import finetune_task
 from megastarid.training.trainer import INTERRUPTED, fit
 

@@ -12,7 +12,7 @@ import yaml
 from megastarid import cotrain, finetune, pretrain
 from megastarid.core.console import run_main
 from megastarid.data.sources import load_star_catalogue
-from megastarid.training.models import load_checkpoint
+from megastarid.models.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -175,7 +175,8 @@ def test_offline_pretrained_fails_before_the_run_folder_is_made(
 
 
 def test_checkpoint_and_backbone_must_agree(tmp_path: Path, tiny_sets: dict[str, Path], capsys) -> None:
-    from megastarid.training.models import build_model, save_checkpoint
+    from megastarid.models.checkpoints import save_checkpoint
+    from megastarid.models.network import build_model
 
     ckpt = tmp_path / "pre.pth"
     save_checkpoint(ckpt, build_model("test_resnet", 16), {"backbone": "test_resnet", "embedding_dim": 16})

@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 
 from megastarid.core.errors import UserError
 from megastarid.data.samplers import PKBatchSampler
+from megastarid.models.checkpoints import load_checkpoint
+from megastarid.models.network import build_model
 from megastarid.training.config import FinetuneConfig
-from megastarid.training.models import build_model, load_checkpoint
 from megastarid.training.trainer import EpochTally, TrainTask, fabric_options, fit, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

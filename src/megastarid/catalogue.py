@@ -36,16 +36,12 @@ from megastarid.identification.calibrate import (
     update_calibration,
 )
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
+from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
-from megastarid.identification.embedder import Embedder
 from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.store import MODEL, open_catalogue
-from megastarid.training.embedders import (
-    backbone_embedder,
-    catalogue_embedder,
-    checkpoint_embedder,
-    resolve_device,
-)
+from megastarid.models.device import resolve_device
+from megastarid.models.embedder import Embedder, backbone_embedder, checkpoint_embedder
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from megastarid.core.runfiles import (
 from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embed import resolve_tta
 from megastarid.evaluation.star import evaluate_star
+from megastarid.models.checkpoints import load_model_from_checkpoint
 from megastarid.training.config import FinetuneConfig, PretrainConfig, TrainConfig
-from megastarid.training.models import load_model_from_checkpoint
 from megastarid.training.strategies import run_finetune, run_pretrain
 from megastarid.training.tasks import star_catalogue
 

@@ -30,8 +30,8 @@ from megastarid.evaluation.options import CalibrationOptions, EmbeddingOptions
 from megastarid.evaluation.reports import DEFAULT_KS
 from megastarid.evaluation.star import evaluate_embeddings, evaluate_star
 from megastarid.evaluation.wildlife import evaluate_wildlife
-from megastarid.training.embedders import resolve_device
-from megastarid.training.models import load_model_from_checkpoint
+from megastarid.models.checkpoints import load_model_from_checkpoint
+from megastarid.models.device import resolve_device
 
 log = logging.getLogger(__name__)
 

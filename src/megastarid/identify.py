@@ -21,12 +21,13 @@ from megastarid.core.errors import UserError
 from megastarid.core.options import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.identification.calibrate import stored_calibration
+from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.identify import collect_photos, identify_photos
 from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
 from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
-from megastarid.training.embedders import catalogue_embedder, resolve_device
+from megastarid.models.device import resolve_device
 
 log = logging.getLogger(__name__)
 

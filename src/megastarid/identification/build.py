@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from megastarid.core.errors import UserError
 from megastarid.data.catalogue import examples
-from megastarid.identification.embedder import Embedder, ModelFingerprint, file_sha256
 from megastarid.identification.paths import relative_photo_path
 from megastarid.identification.store import MODEL, ROOT, UPDATED, CatalogueStore, PhotoRecord, now
+from megastarid.models.embedder import Embedder, ModelFingerprint, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -39,9 +39,9 @@ from megastarid.evaluation.openset import (
     fit_calibration,
 )
 from megastarid.evaluation.star import EMBEDDED_KEYS
-from megastarid.identification.embedder import ModelFingerprint
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.store import CALIBRATION, CatalogueStore
+from megastarid.models.embedder import ModelFingerprint
 
 log = logging.getLogger(__name__)
 

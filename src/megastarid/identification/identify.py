@@ -38,9 +38,9 @@ from megastarid.data.images import is_image_file
 from megastarid.data.readers import list_files
 from megastarid.evaluation.individuals import IndividualRanking
 from megastarid.evaluation.openset import Calibration
-from megastarid.identification.embedder import Embedder, file_sha256
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.store import CatalogueStore
+from megastarid.models.embedder import Embedder, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Training: option dataclasses, models, losses, tasks and the one Lightning Fabric trainer."""
+"""Training: option dataclasses, losses, tasks and the one Lightning Fabric trainer."""

@@ -33,7 +33,7 @@ from megastarid.core.options import (
 )
 from megastarid.data.options import SplitOptions, StarDataOptions, ValidationOptions, WildlifeOptions
 from megastarid.evaluation.options import CalibrationOptions, TTAOptions
-from megastarid.training.models import DEFAULT_BACKBONE, DEFAULT_POOLING, POOLINGS, Pooling
+from megastarid.models.network import DEFAULT_BACKBONE, DEFAULT_POOLING, POOLINGS, Pooling
 
 __all__ = [
     "CotrainConfig",

@@ -29,15 +29,9 @@ from megastarid.data.transforms import build_star_train_transform, build_wildlif
 from megastarid.evaluation.embed import resolve_tta
 from megastarid.evaluation.star import VALIDATION_SIDES, evaluate_star, split_sides
 from megastarid.evaluation.wildlife import evaluate_wildlife
+from megastarid.models.checkpoints import checkpoint_head, load_checkpoint, model_from_checkpoint
+from megastarid.models.network import DEFAULT_BACKBONE, EmbeddingModel, build_model
 from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOptions
-from megastarid.training.models import (
-    DEFAULT_BACKBONE,
-    EmbeddingModel,
-    build_model,
-    checkpoint_head,
-    load_checkpoint,
-    model_from_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

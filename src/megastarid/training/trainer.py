@@ -56,15 +56,11 @@ from megastarid.core.runfiles import (
     TRAINING_CURVES_PNG,
 )
 from megastarid.data.datasets import collate_skip_bad
+from megastarid.models.checkpoints import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+from megastarid.models.network import EmbeddingModel
 from megastarid.training.config import TrainConfig, save_config
 from megastarid.training.curves import plot_training_curves
 from megastarid.training.losses import ReIDLoss, SubCenterArcFace
-from megastarid.training.models import (
-    EmbeddingModel,
-    load_checkpoint,
-    load_model_from_checkpoint,
-    save_checkpoint,
-)
 from megastarid.training.runfolder import check_run_folder, hold_run_folder, write_history
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """The model a catalogue embeds with, and its fingerprint: new photos are embedded exactly as the
 catalogue's were (same weights, image size, TTA), or not at all.
 
-Commands build an ``Embedder`` (``training.embedders``: from a trained checkpoint, or from a bare backbone
-for zero-shot use) and hand it to the catalogue build and to identify.
+``checkpoint_embedder`` makes one from a trained checkpoint, ``backbone_embedder`` from a bare timm backbone
+(zero-shot: identify before anything is trained); the catalogue build, identify and evaluation use them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from torch import nn
 
 from megastarid.core.errors import UserError
 from megastarid.evaluation.embed import TTA, embed_images
+from megastarid.models.checkpoints import load_model_from_checkpoint
+from megastarid.models.network import build_model
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +125,69 @@ class Embedder:
     def record(self) -> dict[str, Any]:
         """What a catalogue stores about its model."""
         return {"fingerprint": asdict(self.fingerprint), "source": dict(self.source)}
+
+
+#: image size of a zero-shot backbone whose timm config names none
+DEFAULT_BACKBONE_SIZE = 224
+
+
+def checkpoint_embedder(
+    checkpoint: Path,
+    device: torch.device,
+    tta: TTA = "none",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> Embedder:
+    """A trained model (``best.pth``) at its training image size unless ``image_size`` says otherwise."""
+    model, config = load_model_from_checkpoint(checkpoint, device)
+    fingerprint = ModelFingerprint(
+        kind="checkpoint",
+        sha256=file_sha256(checkpoint),
+        backbone=str(config["backbone"]),
+        image_size=int(image_size or config["image_size"]),
+        tta=tta,
+        embedding_dim=int(config["embedding_dim"]),
+    )
+    source = {"kind": "checkpoint", "checkpoint": os.path.abspath(checkpoint)}
+    return Embedder(model, fingerprint, source, device, batch_size, num_workers)
+
+
+def backbone_embedder(
+    backbone: str,
+    device: torch.device,
+    pretrained: bool = False,
+    weights: Path | None = None,
+    tta: TTA = "none",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> Embedder:
+    """A timm backbone's pooled, L2-normalised features (not our embedding head): ``pretrained`` weights
+    from the hub, or local ``weights`` (a state dict file, e.g. of ``hf-hub:BVRA/MegaDescriptor-T-224``)."""
+    net = build_model(backbone, pretrained=pretrained, backbone_weights=weights).backbone
+    model = FeatureModel(net).to(device).eval()
+    size = image_size or _default_size(net)
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, 3, size, size, device=device)).shape[1])
+    fingerprint = ModelFingerprint(
+        kind="backbone",
+        sha256=weights_sha256(net),
+        backbone=backbone,
+        image_size=size,
+        tta=tta,
+        embedding_dim=dim,
+    )
+    source = {
+        "kind": "backbone",
+        "backbone": backbone,
+        "pretrained": pretrained,
+        "weights": None if weights is None else os.path.abspath(weights),
+    }
+    return Embedder(model, fingerprint, source, device, batch_size, num_workers)
+
+
+def _default_size(net: torch.nn.Module) -> int:
+    config = getattr(net, "pretrained_cfg", None) or {}
+    size = config.get("input_size") or (3, DEFAULT_BACKBONE_SIZE, DEFAULT_BACKBONE_SIZE)
+    return int(size[-1])
