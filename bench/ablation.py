@@ -36,7 +36,8 @@ from matplotlib.figure import Figure
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import atomic_write_text
-from megastarid.core.options import Ints, Names, parse_options
+from megastarid.core.options import Ints, Names
+from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import BEST_CHECKPOINT, STAR_OPENSET_SUMMARY_JSON, STAR_SUMMARY_JSON
 from megastarid.evaluate import EvaluateOptions
 from megastarid.evaluate import run as run_evaluate

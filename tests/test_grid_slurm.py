@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from megastarid.core.errors import UserError
-from megastarid.core.options import parse_options
+from megastarid.core.parsing import parse_options
 from megastarid.experiments.grid_search import GridSearchOptions, run
 from megastarid.experiments.plan import GridConfig, build_plan
 from megastarid.experiments.results import write_results

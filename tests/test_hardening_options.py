@@ -20,10 +20,11 @@ import pytest
 import yaml
 
 from megastarid import catalogue, cli, data_cli, demo, evaluate, finetune, identify, prepare, synth
-from megastarid.core import errors, options
+from megastarid.core import errors, options, parsing, yaml_config
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import flag, parse_options
+from megastarid.core.options import flag
+from megastarid.core.parsing import parse_options
 from megastarid.data.check import export_split
 from megastarid.experiments import grid_search
 from megastarid.experiments.plan import GridConfig, PhaseState, build_plan
@@ -229,7 +230,7 @@ def _float_fields(cls: type) -> list[str]:
     hints = typing.get_type_hints(cls, include_extras=True)
     names = []
     for field in dataclasses.fields(cls):
-        kind, _ = options._unwrap(hints[field.name])
+        kind, _ = yaml_config.unwrap(hints[field.name])
         union = typing.get_origin(kind) in (typing.Union, types.UnionType)
         if float in (typing.get_args(kind) if union else (kind,)):
             names.append(field.name)
@@ -367,7 +368,7 @@ def test_a_yaml_string_that_is_no_number_is_still_refused(tmp_path: Path) -> Non
 
 
 def test_the_help_and_readme_say_numbers_may_be_written_plain_or_quoted() -> None:
-    assert "1e-4" in options.CONFIG_HELP
+    assert "1e-4" in parsing.CONFIG_HELP
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "lr: 1e-4" in readme
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from megastarid import cli, cotrain, data_cli, demo, evaluate, finetune, prepare, pretrain, synth
-from megastarid.core.options import error_line
+from megastarid.core.parsing import error_line
 from megastarid.experiments import grid_search
 
 #: command argv prefix -> (module, name of its one run function)

@@ -19,7 +19,8 @@ from typing import Literal
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import Options, parse_options
+from megastarid.core.options import Options
+from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.data.options import StarDataOptions
 from megastarid.data.readers import read_star_csv, read_star_tree

@@ -15,7 +15,8 @@ import torch
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import display_text
-from megastarid.core.options import Seed, flag, parse_options
+from megastarid.core.options import Seed, flag
+from megastarid.core.parsing import parse_options
 from megastarid.data.check import Source, export_split, find_unreadable, load_source, summarise
 from megastarid.data.images import BadImageError, load_rgb
 from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptions

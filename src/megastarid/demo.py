@@ -28,7 +28,8 @@ import torch
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import atomic_write_text, write_json
-from megastarid.core.options import flag, parse_options
+from megastarid.core.options import flag
+from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import (
     BEST_CHECKPOINT,
     LINEUP_HTML,

@@ -19,7 +19,8 @@ import pandas as pd
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import check_writable_folder
-from megastarid.core.options import Ints, parse_options
+from megastarid.core.options import Ints
+from megastarid.core.parsing import parse_options
 from megastarid.data.options import SplitOptions, StarDataOptions, WildlifeOptions
 from megastarid.data.sources import load_star_catalogue, load_wildlife_catalogue
 from megastarid.data.splits import SplitPlan, split_catalogue

@@ -18,7 +18,7 @@ import tyro
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.options import parse_options
+from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.catalogue_model import catalogue_embedder

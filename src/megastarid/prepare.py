@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.console import run_main
-from megastarid.core.options import parse_options
+from megastarid.core.parsing import parse_options
 from megastarid.data.resize import JPEG_QUALITY, prepare_tree
 
 

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 import tyro
 
 from megastarid.core.console import run_main
-from megastarid.core.options import Seed, parse_options
+from megastarid.core.options import Seed
+from megastarid.core.parsing import parse_options
 from megastarid.data.synth import (
     DEFAULT_STAR_IDENTITIES,
     DEFAULT_STAR_IMAGE_SIZE,

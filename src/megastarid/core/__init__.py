@@ -1,1 +1,2 @@
-"""Core: errors, option parsing, file helpers and run-file names; imports nothing else of ours."""
+"""Core: errors, option dataclasses and their rules, option parsing on tyro, YAML config reading, file
+helpers and run-file names; imports nothing else of ours."""

@@ -1,8 +1,9 @@
 """The one exception type that reaches the user as a single line instead of a traceback, and how such a
-line quotes a user's value."""
+line quotes a user's value (or cuts one inside a library's message)."""
 
 from __future__ import annotations
 
+import re
 import reprlib
 
 
@@ -33,3 +34,23 @@ def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
         return f"{value[:limit] + '…'!r} ({len(value)} characters)"
     text = _SHORT.repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+#: a quoted value or a word longer than what an error message echoes
+_LONG_WORD = re.compile(rf"'[^']{{{QUOTE_LIMIT + 1},}}'|\S{{{QUOTE_LIMIT + 1},}}")
+
+
+def cut_long_words(text: str) -> str:
+    """``text`` (a message from tyro or PyYAML) with every quoted value or word longer than ``QUOTE_LIMIT``
+    cut as ``quoted`` cuts one value, so a library's message never echoes all of a long user value."""
+    return _LONG_WORD.sub(_cut_word, text)
+
+
+def _cut_word(match: re.Match[str]) -> str:
+    word = match[0]
+    if word.startswith("'") and word.endswith("'") and len(word) > 1:
+        inner = word[1:-1]
+        if inner.endswith("…") and len(inner) <= QUOTE_LIMIT + 1:
+            return word  # already cut by ``quoted``
+        return f"'{inner[:QUOTE_LIMIT]}…' ({len(inner)} characters)"
+    return f"{word[:QUOTE_LIMIT]}… ({len(word)} characters)"

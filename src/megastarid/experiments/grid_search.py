@@ -19,8 +19,10 @@ from typing import Literal
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError, quoted
-from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag, load_yaml, parse_options
+from megastarid.core.options import GpuIdsOrNone, Names, Seeds, flag
+from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import GRID_SLURM_DIR
+from megastarid.core.yaml_config import load_yaml
 from megastarid.experiments.plan import (
     DEFAULT_LOSSES,
     DEFAULT_STRATEGIES,

@@ -16,7 +16,6 @@ from enum import Enum
 from pathlib import Path
 
 from megastarid.core.errors import UserError
-from megastarid.core.options import load_yaml
 from megastarid.core.runfiles import (
     BEST_CHECKPOINT,
     CONFIG_YAML,
@@ -24,6 +23,7 @@ from megastarid.core.runfiles import (
     RUN_SUMMARY_JSON,
     STAR_SUMMARY_JSON,
 )
+from megastarid.core.yaml_config import load_yaml
 
 #: strategy -> training phases in order (each phase is ``python -m megastarid.<phase>``)
 STRATEGIES: dict[str, tuple[str, ...]] = {

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from megastarid.core.errors import UserError
-from megastarid.core.options import load_yaml
 from megastarid.core.runfiles import CONFIG_YAML, GRID_STATUS_JSON, HISTORY_CSV, RUN_SUMMARY_JSON
+from megastarid.core.yaml_config import load_yaml
 from megastarid.experiments.plan import Experiment, GridConfig, PhaseState, read_json, with_existing
 from megastarid.experiments.results import format_metrics, read_job, requeues, star_metrics
 from megastarid.experiments.slurm import queued

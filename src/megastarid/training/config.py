@@ -1,6 +1,6 @@
 """Training options as dataclasses: one field per flag, its help in the docstring under it.
 
-``parse_train_config`` reads them with ``megastarid.core.options.parse_options`` (tyro; precedence:
+``parse_train_config`` reads them with ``megastarid.core.parsing.parse_options`` (tyro; precedence:
 dataclass default < ``--config FILE.yaml`` < flag); ``__post_init__`` refuses values that cannot work
 with one line naming the option, before any work starts; ``save_config`` writes the ``config.yaml`` that
 ``--config`` and ``--resume`` read back.
@@ -25,12 +25,10 @@ from megastarid.core.options import (
     Options,
     Seed,
     flag,
-    option_value,
-    parse_options,
     recorded,
     run_control,
-    switch_value,
 )
+from megastarid.core.parsing import option_value, parse_options, switch_value
 from megastarid.data.options import SplitOptions, StarDataOptions, ValidationOptions, WildlifeOptions
 from megastarid.evaluation.options import CalibrationOptions, TTAOptions
 from megastarid.models.network import DEFAULT_BACKBONE, DEFAULT_POOLING, POOLINGS, Pooling
