@@ -42,7 +42,8 @@ from megastarid.core.errors import UserError, quoted
 from megastarid.data.dates import parse_folder_date
 from megastarid.identification.build import image_dims, iso_date
 from megastarid.identification.paths import relative_photo_path
-from megastarid.identification.store import UPDATED, CatalogueStore, PhotoRecord, now
+from megastarid.identification.store import CatalogueStore, PhotoRecord, now
+from megastarid.identification.store_schema import UPDATED
 from megastarid.models.embedder import Embedder, file_sha256
 
 log = logging.getLogger(__name__)
