@@ -19,7 +19,8 @@ from conftest import make_star_tree, write_image
 from megastarid import cli
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
-from megastarid.identification.decisions import apply_decisions, outing_of, read_decisions
+from megastarid.identification.decisions_apply import apply_decisions, outing_of
+from megastarid.identification.decisions_file import read_decisions
 from megastarid.identification.lineup import DECISION_COLUMNS
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
