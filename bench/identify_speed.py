@@ -35,7 +35,10 @@ from megastarid.evaluation.openset import Calibration
 from megastarid.identification.identify import identify_photos
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.matches import matches_document, write_matches
-from megastarid.identification.store import MODEL, ROOT, PhotoRecord, open_catalogue
+from megastarid.identification.store import PhotoRecord
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import MODEL, ROOT
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
 from megastarid.models.network import build_model
@@ -118,7 +121,7 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
     photos = write_photos(work / "new", args.photos, (args.photo_width, args.photo_height), 4)
     calibration = Calibration("logistic", 0.5, 0.9, coef=12.0, intercept=-7.0)
     store = open_catalogue(catalogue)
-    index = store.load_index()
+    index = load_index(store)
     model, transform, size = embedder.model, build_eval_transform(args.image_size), args.image_size
 
     def ours() -> None:
@@ -235,7 +238,7 @@ def opening(args: argparse.Namespace, work: Path) -> None:
 
         def load() -> None:
             with open_catalogue(catalogue) as store:
-                store.load_index()
+                load_index(store)
 
         ours.append(timed(load)[0])
         floor.append(timed(lambda: np.load(raw))[0])

@@ -14,7 +14,9 @@ import pytest
 from megastarid import cli
 from megastarid.core.runfiles import SIGHTINGS_CSV
 from megastarid.identification.captures import capture_histories, mark_inp
-from megastarid.identification.store import ROOT, PhotoRecord, open_catalogue
+from megastarid.identification.store import PhotoRecord
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import ROOT
 
 #: (identity, outing, date or None, dataset, number of photos)
 PHOTOS = [

@@ -24,7 +24,10 @@ from megastarid.evaluation.openset import Calibration
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.paths import relative_photo_path
-from megastarid.identification.store import SCHEMA_VERSION, PhotoRecord, open_catalogue
+from megastarid.identification.store import PhotoRecord
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import SCHEMA_VERSION
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
 from megastarid.models.network import build_model
@@ -92,7 +95,7 @@ def test_build_stores_photos_individuals_embeddings_and_settings(
     assert photo == ("SiteA/star1/2024-03-01/img0.jpg", "2024-03-01", "2024-03-01", 40, 32, 64)
     assert rows(catalogue, "SELECT DISTINCT length(vector) FROM embeddings") == [(16 * 4,)]
     with open_catalogue(catalogue) as store:
-        index = store.load_index()
+        index = load_index(store)
         model = store.meta("model")
     assert index.embeddings.shape == (16, 16) and index.embeddings.flags.writeable
     np.testing.assert_allclose(np.linalg.norm(index.embeddings, axis=1), 1, atol=1e-5)
@@ -130,11 +133,11 @@ def test_relabelled_photos_keep_their_embeddings(stars: Path, checkpoint: Path, 
     embedder = checkpoint_embedder(checkpoint, torch.device("cpu"))
     with open_catalogue(catalogue, create=True) as store:
         build_catalogue(store, read_star_csv(csv, stars), stars, embedder, progress=False)
-        before = store.load_index().embeddings.copy()
+        before = load_index(store).embeddings.copy()
         renamed = table["identity"].replace("SiteA/star3", "SiteA/star3-renamed")
         pd.DataFrame({"identity": renamed, "path": relative}).to_csv(csv, index=False)
         report = build_catalogue(store, read_star_csv(csv, stars), stars, embedder, progress=False)
-        index = store.load_index()
+        index = load_index(store)
     assert (report.embedded, report.relabelled) == (0, 3)
     assert "SiteA/star3" not in index.names and "SiteA/star3-renamed" in index.names
     np.testing.assert_array_equal(index.embeddings, before)
@@ -168,7 +171,7 @@ def test_zero_shot_backbone_with_local_weights(stars: Path, tmp_path: Path, caps
     assert run("catalogue", "build", "--backbone", BACKBONE, "--backbone-weights", weights, *argv) == 0
     with open_catalogue(catalogue) as store:
         model = store.meta("model")
-        index = store.load_index()
+        index = load_index(store)
     assert model["fingerprint"]["kind"] == "backbone" and model["source"]["weights"] == str(weights)
     net = timm.create_model(BACKBONE, num_classes=0)
     net.load_state_dict(torch.load(weights, weights_only=True))
@@ -323,11 +326,11 @@ def test_readers_see_the_last_commit_while_a_build_writes(
         with writer.transaction():
             writer.add_photos([extra], [np.ones(16, np.float32).tobytes()])
             with open_catalogue(catalogue) as reader:  # a second connection, mid-transaction
-                index = reader.load_index()
+                index = load_index(reader)
                 summary = reader.summary()
             assert index.num_photos == 16 and summary["photos"] == 16
         with open_catalogue(catalogue) as reader:
-            assert reader.load_index().num_photos == 17
+            assert load_index(reader).num_photos == 17
     finally:
         writer.close()
 
@@ -348,7 +351,7 @@ def test_a_second_writer_waits_then_says_the_catalogue_is_busy(
 ) -> None:
     catalogue = tmp_path / "archive.sqlite"
     build(stars, checkpoint, catalogue)
-    monkeypatch.setattr("megastarid.identification.store.BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr("megastarid.identification.store_open.BUSY_TIMEOUT", 0.2)
     busy = pytest.raises(UserError, match="is busy: another build is writing to it")
     with open_catalogue(catalogue) as first, first.transaction(), busy:
         build(stars, checkpoint, catalogue)
@@ -367,4 +370,4 @@ def test_info_as_json_and_a_damaged_catalogue(stars: Path, checkpoint: Path, tmp
         con.execute("PRAGMA foreign_keys = OFF")
         con.execute("DELETE FROM embeddings WHERE photo_id = 3")
     with open_catalogue(catalogue) as store, pytest.raises(UserError, match="damaged: photos and embeddings"):
-        store.load_index()
+        load_index(store)

@@ -17,7 +17,8 @@ import torch
 from conftest import make_star_tree
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
-from megastarid.identification.store import open_catalogue
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
 from megastarid.models.network import build_model
@@ -57,7 +58,7 @@ def test_a_killed_build_resumes_and_leaves_no_photo_twice(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "the build never got going"
             time.sleep(0.01)
         with open_catalogue(catalogue) as reader:  # a reader while the build writes (WAL)
-            seen = reader.load_index().num_photos
+            seen = load_index(reader).num_photos
         assert seen % 4 == 0 and seen >= 12  # whole batches only
     finally:
         build.send_signal(signal.SIGKILL)

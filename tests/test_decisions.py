@@ -19,9 +19,12 @@ from conftest import make_star_tree, write_image
 from megastarid import cli
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
-from megastarid.identification.decisions import apply_decisions, outing_of, read_decisions
+from megastarid.identification.decisions_apply import apply_decisions, outing_of
+from megastarid.identification.decisions_file import read_decisions
 from megastarid.identification.lineup import DECISION_COLUMNS
-from megastarid.identification.store import SCHEMA_VERSION, open_catalogue
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import SCHEMA_VERSION
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
 from megastarid.models.network import build_model
@@ -138,7 +141,7 @@ def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings
     # embedded exactly as the catalogue's own photos are
     expected = world.embedder().embed([str(p) for p in a + b + c])
     with open_catalogue(world.catalogue) as store:
-        index = store.load_index()
+        index = load_index(store)
         details = store.photo_details(index.photo_ids)
     by_path = {details[int(i)].path: index.embeddings[row] for row, i in enumerate(index.photo_ids)}
     np.testing.assert_allclose(np.stack([by_path[str(p)] for p in a + b + c]), expected, atol=1e-6)

@@ -23,7 +23,8 @@ from megastarid.evaluation.embed import embed_images
 from megastarid.evaluation.metrics import cmc, rank_queries
 from megastarid.evaluation.openset import answer_queries
 from megastarid.identification.calibrate import stored_calibration
-from megastarid.identification.store import open_catalogue
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.network import build_model
 
@@ -91,7 +92,7 @@ def test_identify_reproduces_cmc1_and_flags_new_individuals_by_the_open_set_rule
 
     # the same embeddings, computed independently: the catalogue's stored ones and the queries' own
     with open_catalogue(built.catalogue) as store:
-        index = store.load_index()
+        index = load_index(store)
         calibration = stored_calibration(store)
         tta = store.meta("model")["fingerprint"]["tta"]
     assert calibration is not None and tta == "rot4"  # the build's default for star photos
@@ -159,7 +160,7 @@ def test_outputs_are_self_describing(built: Built, tmp_path: Path) -> None:
 
 def test_known_photos_and_unreadable_photos(built: Built, tmp_path: Path) -> None:
     with open_catalogue(built.catalogue) as store:
-        index = store.load_index()
+        index = load_index(store)
         (detail,) = store.photo_details([int(index.photo_ids[0])]).values()
     new = tmp_path / "dive"
     new.mkdir()

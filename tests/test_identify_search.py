@@ -15,7 +15,7 @@ from megastarid.identification import index as index_module
 from megastarid.identification.identify import pool, pool_count, rank_encounter
 from megastarid.identification.index import HALF_MIN_GALLERY, CatalogueIndex
 from megastarid.identification.paths import escapes_root
-from megastarid.identification.store import _ESCAPING
+from megastarid.identification.store_index import ESCAPING_PATH
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -135,4 +135,4 @@ def test_escaping_paths_python_and_sql_agree(path: str, escapes: bool) -> None:
     con = sqlite3.connect(":memory:")
     con.execute("CREATE TABLE photos(path TEXT)")
     con.execute("INSERT INTO photos VALUES(?)", (path,))
-    assert (con.execute(_ESCAPING).fetchone() is not None) is escapes
+    assert (con.execute(ESCAPING_PATH).fetchone() is not None) is escapes

@@ -38,9 +38,11 @@ from megastarid.identification.calibrate import (
 )
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
 from megastarid.identification.catalogue_model import catalogue_embedder
-from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
+from megastarid.identification.decisions_apply import apply_decisions
+from megastarid.identification.decisions_log import decision_log, log_lines
 from megastarid.identification.options import CatalogueModelOptions
-from megastarid.identification.store import MODEL, open_catalogue
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import MODEL
 from megastarid.models.device import resolve_device
 from megastarid.models.embedder import Embedder, backbone_embedder, checkpoint_embedder
 

@@ -26,7 +26,9 @@ from megastarid.identification.identify import collect_photos, identify_photos
 from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
 from megastarid.identification.options import CatalogueModelOptions
-from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_open import open_catalogue
+from megastarid.identification.store_schema import CALIBRATION, MODEL
 from megastarid.models.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def identify(options: IdentifyOptions) -> int:
                 f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
                 "--allow-uncalibrated for rankings without verdicts"
             )
-        index = store.load_index()
+        index = load_index(store)
         embedder = catalogue_embedder(record, options, device)
         log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
         result = identify_photos(

@@ -34,7 +34,8 @@ from tqdm import tqdm
 from megastarid.core.errors import UserError
 from megastarid.data.catalogue import examples
 from megastarid.identification.paths import relative_photo_path
-from megastarid.identification.store import MODEL, ROOT, UPDATED, CatalogueStore, PhotoRecord, now
+from megastarid.identification.store import CatalogueStore, PhotoRecord, now
+from megastarid.identification.store_schema import MODEL, ROOT, UPDATED
 from megastarid.models.embedder import Embedder, ModelFingerprint, file_sha256
 
 log = logging.getLogger(__name__)

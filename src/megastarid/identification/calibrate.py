@@ -40,7 +40,9 @@ from megastarid.evaluation.openset import (
 )
 from megastarid.evaluation.star import EMBEDDED_KEYS
 from megastarid.identification.index import CatalogueIndex
-from megastarid.identification.store import CALIBRATION, CatalogueStore
+from megastarid.identification.store import CatalogueStore
+from megastarid.identification.store_index import load_index
+from megastarid.identification.store_schema import CALIBRATION
 from megastarid.models.embedder import ModelFingerprint
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,7 @@ def update_calibration(
     ):
         return current
     else:
-        index = store.load_index()
+        index = load_index(store)
         try:
             calibration = fit_on_catalogue(index, store.photo_table(), accept)
         except UserError as err:

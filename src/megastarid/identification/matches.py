@@ -33,7 +33,8 @@ from megastarid.core.runfiles import MATCHES_CSV, MATCHES_JSON
 from megastarid.identification.calibrate import SOURCES
 from megastarid.identification.identify import POOLING, VERDICTS, IdentifyResult
 from megastarid.identification.index import CatalogueIndex
-from megastarid.identification.store import CALIBRATION, CatalogueStore, now
+from megastarid.identification.store import CatalogueStore, now
+from megastarid.identification.store_schema import CALIBRATION
 
 FORMAT = "megastarid-matches"
 VERSION = 1

@@ -1,139 +1,29 @@
-"""The catalogue of known individuals: one SQLite file (standard library ``sqlite3``).
-
-Tables (schema version ``SCHEMA_VERSION`` in ``PRAGMA user_version``; ``PRAGMA application_id`` marks the
-file as ours, so any other SQLite file is refused with one line):
-
-- ``individuals``: id, name (the identity, e.g. ``SiteA/star1``), first_seen / last_seen (ISO dates of its
-  earliest / latest dated photo), num_photos;
-- ``photos``: id, path (relative to the catalogue root, ``/``-separated), individual, outing, date, dataset,
-  species, sha256 of the file, width / height, and the file's size and mtime (a rerun re-hashes a photo only
-  when those changed);
-- ``embeddings``: one float32 blob per photo (``ON DELETE CASCADE``: a photo never outlives its row);
-- ``meta``: JSON values: the root, the model fingerprint and how to re-create the model, the calibration
-  and where it came from, timestamps;
-- ``decisions`` (schema 2): the audit of every lineup decision applied (``catalogue apply``): when, the
-  decisions file and its sha256 and line, the decision, the photo, the individual it went to, the note and
-  what it changed; ``photos.origin`` says whether a photo came from a build (``build``) or joined by a
-  decision (``decision``; a build keeps those).
-
-An older file is migrated when it is opened (``MIGRATIONS``: version n -> n + 1, each in one transaction).
+"""An open catalogue file (``CatalogueStore``): its meta values, the photos and individuals it holds, and the
+summary ``catalogue info`` prints. The file's format is ``store_schema``; ``store_open.open_catalogue`` opens
+(or creates) one and ``store_index.load_index`` reads it for search.
 
 The file is in WAL mode: readers (``identify``, ``catalogue info``) see the last committed state while a
 build adds photos, and a killed build loses at most its open batch. Foreign keys are on for every
-connection. Loading every embedding for search (``load_index``) reads one joined query into one numpy
-array; 140,000 photos open in well under 2 s (see bench/identify_speed.py).
+connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
 import json
-import logging
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
 from megastarid.evaluation.embed import tta_mode
-from megastarid.evaluation.individuals import IdentityCodes
-from megastarid.identification.index import CatalogueIndex, IndividualInfo
 from megastarid.identification.paths import resolve_photo_path
-
-log = logging.getLogger(__name__)
-
-#: the schema this code writes; files of a higher version are refused, older ones migrated (``MIGRATIONS``)
-SCHEMA_VERSION = 2
-#: ``PRAGMA application_id`` of a MegaStarID catalogue ("MSID")
-APPLICATION_ID = 0x4D534944
-#: bytes per database page: many 2-3 KB embedding blobs fit one page (4 KB pages hold one each)
-PAGE_SIZE = 65536
-#: seconds a connection waits for another one's write lock before giving up
-BUSY_TIMEOUT = 60.0
-
-_SCHEMA = """
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE individuals (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    first_seen TEXT,
-    last_seen TEXT,
-    num_photos INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE photos (
-    id INTEGER PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
-    individual_id INTEGER NOT NULL REFERENCES individuals(id),
-    outing TEXT NOT NULL DEFAULT '',
-    date TEXT,
-    dataset TEXT NOT NULL DEFAULT '',
-    species TEXT NOT NULL DEFAULT '',
-    sha256 TEXT NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    added TEXT NOT NULL,
-    origin TEXT NOT NULL DEFAULT 'build'
-);
-CREATE INDEX photos_sha256 ON photos(sha256);
-CREATE INDEX photos_individual ON photos(individual_id);
-CREATE TABLE embeddings (
-    photo_id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
-    vector BLOB NOT NULL
-);
-"""
-#: the audit of applied lineup decisions (schema 2)
-_DECISIONS_TABLE = """
-CREATE TABLE decisions (
-    id INTEGER PRIMARY KEY,
-    applied TEXT NOT NULL,
-    source TEXT NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    decided TEXT,
-    decision TEXT NOT NULL,
-    query TEXT NOT NULL,
-    photo TEXT,
-    encounter TEXT NOT NULL DEFAULT '',
-    identity TEXT NOT NULL DEFAULT '',
-    note TEXT NOT NULL DEFAULT '',
-    effect TEXT NOT NULL,
-    UNIQUE (source_sha256, line)
-)
-"""
-_SCHEMA += _DECISIONS_TABLE
-
-#: schema upgrades: the statements that take a file of version n to n + 1 (run in one transaction)
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "ALTER TABLE photos ADD COLUMN origin TEXT NOT NULL DEFAULT 'build'",
-        _DECISIONS_TABLE,
-    ),
-}
-
-#: the first stored photo path that would lead outside the root (the same test as ``paths.escapes_root``)
-_ESCAPING = (
-    "SELECT path FROM photos WHERE path = '' OR path LIKE '/%' OR path = '..' OR path LIKE '../%' "
-    "OR path LIKE '%/..' OR path LIKE '%/../%' LIMIT 1"
-)
-
-# meta keys
-ROOT = "root"
-MODEL = "model"
-CALIBRATION = "calibration"
-CREATED = "created"
-UPDATED = "updated"
+from megastarid.identification.store_schema import CALIBRATION, CREATED, MODEL, ROOT, SCHEMA_VERSION, UPDATED
 
 
 @dataclass(frozen=True)
@@ -176,11 +66,15 @@ class PhotoRecord:
 
 
 class CatalogueStore:
-    """An open catalogue file. Use ``open_catalogue``; close it (or use it as a context manager)."""
+    """An open catalogue file. Use ``store_open.open_catalogue``; close it (or use it as a context manager).
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    ``busy_timeout``: the seconds ``connection`` waits for another one's write lock (``store_open``).
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, busy_timeout: float) -> None:
         self.path = path
         self.con = connection
+        self.busy_timeout = busy_timeout
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -202,7 +96,8 @@ class CatalogueStore:
             if "locked" not in str(err) and "busy" not in str(err):
                 raise
             raise UserError(
-                f"catalogue {self.path} is busy: another build is writing to it (waited {BUSY_TIMEOUT:.0f} s)"
+                f"catalogue {self.path} is busy: another build is writing to it "
+                f"(waited {self.busy_timeout:.0f} s)"
             ) from None
         try:
             yield self.con
@@ -385,64 +280,6 @@ class CatalogueStore:
                 found.setdefault(sha, []).append(photo_id)
         return found
 
-    def load_index(self) -> CatalogueIndex:
-        """Every photo's embedding and individual, from one consistent snapshot, for search."""
-        root = self.root
-        with self.snapshot() as con:
-            people = con.execute(
-                "SELECT id, name, first_seen, last_seen, num_photos FROM individuals ORDER BY name"
-            ).fetchall()
-            owners = np.array(con.execute("SELECT id, individual_id FROM photos ORDER BY id").fetchall())
-            if root is None or not len(owners):
-                raise UserError(
-                    f"catalogue {self.path} holds no photos yet (build it with megastarid catalogue build)"
-                )
-            escaping = con.execute(_ESCAPING).fetchone()
-            if escaping is not None:
-                raise UserError(f"catalogue {self.path}: photo path {escaping[0]!r} escapes its root {root}")
-            embeddings, vector_ids = self._read_vectors(len(owners))
-            model = self.meta(MODEL) or {}
-        if not np.array_equal(vector_ids, owners[:, 0]):
-            raise UserError(f"catalogue {self.path} is damaged: photos and embeddings do not pair up")
-        ids = np.array([row[0] for row in people], dtype=np.int64)  # sorted by name: codes follow names
-        order = np.argsort(ids)
-        codes = order[np.searchsorted(ids[order], owners[:, 1])]
-        individuals = {
-            name: IndividualInfo(name, first, last, count) for _, name, first, last, count in people
-        }
-        return CatalogueIndex(
-            catalogue=self.path,
-            root=root,
-            embeddings=embeddings,
-            photo_ids=owners[:, 0].astype(np.int64),
-            codes=IdentityCodes([row[1] for row in people], codes.astype(np.int64)),
-            individuals=individuals,
-            model=model,
-        )
-
-    def _read_vectors(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``count`` embeddings in photo order, copied blob by blob straight into one float32 matrix (no
-        list of 140,000 blobs, no second copy), with their photo ids."""
-        damaged = UserError(f"catalogue {self.path} is damaged: photos and embeddings do not pair up")
-        cursor = self.con.execute("SELECT photo_id, vector FROM embeddings ORDER BY photo_id")
-        first = cursor.fetchone()
-        if first is None:
-            raise damaged
-        width = len(first[1])
-        embeddings = np.empty((count, width // 4), dtype=np.float32)
-        flat = embeddings.data.cast("B")
-        ids = np.empty(count, dtype=np.int64)
-        for i, (photo_id, blob) in enumerate(itertools.chain([first], cursor)):
-            if i >= count:
-                raise damaged
-            if len(blob) != width:
-                raise UserError(f"catalogue {self.path} is damaged: its embeddings differ in size")
-            ids[i] = photo_id
-            flat[i * width : (i + 1) * width] = blob
-        if i + 1 != count:
-            raise damaged
-        return embeddings, ids
-
     def photo_details(self, photo_ids: Iterable[int]) -> dict[int, PhotoDetails]:
         """Path (checked to stay inside the root), individual, outing and date of the given photos."""
         root = self.root
@@ -513,92 +350,3 @@ class CatalogueStore:
             "created": meta.get(CREATED),
             "updated": meta.get(UPDATED),
         }
-
-
-# -- opening -----------------------------------------------------------------------------------------------
-
-
-def _not_ours(path: Path, why: str) -> UserError:
-    return UserError(f"{path} is not a MegaStarID catalogue ({why})")
-
-
-def open_catalogue(path: str | os.PathLike[str], create: bool = False) -> CatalogueStore:
-    """Open a catalogue file; with ``create`` a missing (or empty) file becomes a new catalogue.
-
-    A missing file (without ``create``), a file that is not SQLite, an SQLite file that is not a catalogue
-    and a catalogue written by a newer MegaStarID are each one line naming the file.
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"catalogue {path} is a folder, not a catalogue file")
-    if not path.exists():
-        if not create:
-            raise UserError(
-                f"catalogue {path} does not exist (make one with megastarid catalogue build --catalogue ...)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(os.path.abspath(path))
-    try:
-        uri = path.as_uri() + ("?mode=rwc" if create else "?mode=rw")
-        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
-    except sqlite3.Error as err:
-        raise UserError(f"catalogue {path} cannot be opened ({err})") from None
-    try:
-        store = CatalogueStore(path, con)
-        _check_or_create(store, create)
-        con.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.DatabaseError as err:
-        con.close()
-        raise _not_ours(path, f"not an SQLite database: {err}") from None
-    except BaseException:
-        con.close()
-        raise
-    return store
-
-
-def _check_or_create(store: CatalogueStore, create: bool) -> None:
-    con, path = store.con, store.path
-    app_id = con.execute("PRAGMA application_id").fetchone()[0]
-    version = con.execute("PRAGMA user_version").fetchone()[0]
-    tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if app_id == 0 and tables == 0 and version == 0:
-        if not create:
-            raise _not_ours(path, "an empty file")
-        con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        con.execute("PRAGMA journal_mode = WAL")
-        with store.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
-            con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            store.set_meta(CREATED, now())
-        log.info("created catalogue %s", path)
-        return
-    if app_id != APPLICATION_ID:
-        raise _not_ours(path, "an SQLite database of something else")
-    if version > SCHEMA_VERSION:
-        raise UserError(
-            f"catalogue {path} was written by a newer MegaStarID (schema {version}; this version reads up to "
-            f"{SCHEMA_VERSION}): upgrade megastarid"
-        )
-    if version < 1:
-        raise _not_ours(path, f"schema version {version}")
-    if version < SCHEMA_VERSION:
-        _migrate(store)
-    if create:
-        con.execute("PRAGMA journal_mode = WAL")
-
-
-def _migrate(store: CatalogueStore) -> None:
-    """Bring an older catalogue up to ``SCHEMA_VERSION``, one version per transaction (a second process
-    opening it meanwhile waits, then finds it done)."""
-    while True:
-        with store.transaction() as con:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version >= SCHEMA_VERSION:
-                return
-            for statement in MIGRATIONS[version]:
-                con.execute(statement)
-            con.execute(f"PRAGMA user_version = {version + 1}")
-        log.info("catalogue %s: schema %d -> %d", store.path, version, version + 1)

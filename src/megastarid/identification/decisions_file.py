@@ -1,0 +1,112 @@
+"""Reading a decisions file: what the lineup page exports (``lineup.DECISION_COLUMNS``) for ``megastarid
+catalogue apply``.
+
+One row per photo, columns ``query`` (the photo: absolute, or relative to the catalogue's root),
+``encounter``, ``decision`` (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or
+the new individual's name, may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made).
+UTF-8, a header line, RFC 4180 quoting; other columns are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from megastarid.core.errors import UserError, quoted
+
+DECISIONS = ("confirm", "new", "unsure")
+#: columns a decisions file must have (``encounter``, ``identity``, ``note``, ``time`` may be left out)
+REQUIRED_COLUMNS = ("query", "decision")
+OPTIONAL_COLUMNS = ("encounter", "identity", "note", "time")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One row of a decisions file."""
+
+    line: int
+    query: str
+    encounter: str
+    decision: str
+    identity: str
+    note: str
+    time: str | None
+
+
+def _iso_time(text: str) -> str:
+    """``text`` if it is an ISO 8601 time or date, else a ``ValueError``."""
+    dt.datetime.fromisoformat(text)
+    return text
+
+
+def read_decisions(path: Path) -> list[Decision]:
+    """The rows of a decisions file; a file that cannot be read, a missing column or a malformed row is one
+    line naming the file (and line)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, strict=True)
+            lines: list[tuple[int, list[str]]] = []
+            start = 1
+            for fields in reader:
+                lines.append((start, fields))
+                start = reader.line_num + 1
+    except FileNotFoundError:
+        raise UserError(f"decisions file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"decisions file {path} is a folder") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise UserError(f"{path}:{start}: not valid CSV ({err})") from None
+    except OSError as err:
+        raise UserError(f"cannot read decisions file {path}: {err.strerror or err}") from None
+    rows = [(number, fields) for number, fields in lines if any(cell.strip() for cell in fields)]
+    if not rows:
+        raise UserError(
+            f"{path} is empty (expected a header: {','.join((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS))})"
+        )
+    header_line, header = rows[0]
+    columns = [cell.strip().lower() for cell in header]
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise UserError(
+            f"{path}:{header_line}: missing column(s) {', '.join(missing)} (header {quoted(header)})"
+        )
+    where = {name: columns.index(name) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name in columns}
+    decisions = []
+    for number, fields in rows[1:]:
+        if len(fields) != len(columns):
+            raise UserError(f"{path}:{number}: {len(fields)} fields, the header has {len(columns)}")
+        value = {name: fields[index].strip() for name, index in where.items()}
+        decision = value["decision"].lower()
+        if decision not in DECISIONS:
+            raise UserError(
+                f"{path}:{number}: decision {quoted(value['decision'])} is not one of {', '.join(DECISIONS)}"
+            )
+        if not value["query"]:
+            raise UserError(f"{path}:{number}: no photo in the query column")
+        identity = value.get("identity", "")
+        if decision == "confirm" and not identity:
+            raise UserError(f"{path}:{number}: confirm needs the individual in the identity column")
+        time = value.get("time") or None
+        if time is not None:
+            try:
+                _iso_time(time)
+            except ValueError:
+                raise UserError(f"{path}:{number}: time {quoted(time)} is not an ISO 8601 time") from None
+        decisions.append(
+            Decision(
+                number,
+                fields[where["query"]],  # a file name may begin or end with a space: kept as written
+                value.get("encounter", ""),
+                decision,
+                identity,
+                value.get("note", ""),
+                time,
+            )
+        )
+    if not decisions:
+        raise UserError(f"{path} holds no decisions (only its header)")
+    return decisions

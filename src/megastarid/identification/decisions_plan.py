@@ -1,0 +1,192 @@
+"""What each row of a decisions file does to the catalogue, decided row by row in file order before anything
+is written (``decisions_apply`` writes it):
+
+- ``confirm``: the photo joins the named catalogue individual;
+- ``new``: the encounter's photos become a new individual, named as given, else ``NEW-<YYYYMMDD>-<n>`` (the
+  decision's date, the next free ``n``); a name that already belongs to an individual of the star tree is
+  refused (confirm it instead), while one made by an earlier ``new`` decision is joined;
+- ``unsure``: recorded, nothing else.
+
+Photos must lie inside the catalogue's root and exist. A photo that joined by an earlier decision moves when
+a later decision names another individual; a photo the star tree put in the catalogue is never relabelled
+here (move it in the tree). A photo whose very bytes are already a catalogue photo is not added again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from megastarid.core.errors import UserError, quoted
+from megastarid.identification.decisions_file import Decision
+from megastarid.identification.paths import relative_photo_path
+from megastarid.identification.store import CatalogueStore
+from megastarid.models.embedder import file_sha256
+
+#: what applying a row did
+EFFECTS = ("added", "moved", "already", "recorded")
+NEW_PREFIX = "NEW-"
+DECISION_ORIGIN = "decision"
+
+
+def _decision_date(decision: Decision) -> str:
+    if decision.time:
+        stamp = dt.datetime.fromisoformat(decision.time)
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(dt.UTC)
+        return stamp.strftime("%Y%m%d")
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+
+
+@dataclass
+class PlannedPhoto:
+    """A photo a row adds (to embed) or moves."""
+
+    decision: Decision
+    path: str  # absolute
+    rel: str
+    identity: str
+    sha256: str = ""
+    old_identity: str | None = None
+
+
+class Planner:
+    """Decides, row by row in file order, what each decision does to the catalogue (in the transaction)."""
+
+    def __init__(self, store: CatalogueStore, source: Path) -> None:
+        self.store, self.con, self.source = store, store.con, source
+        root = store.root
+        if root is None or not store.num_photos():
+            raise UserError(f"catalogue {store.path} holds no photos yet (megastarid catalogue build)")
+        self.root = root
+        self.individuals = {row[0] for row in self.con.execute("SELECT name FROM individuals")}
+        self.made_by_decision = {
+            row[0]
+            for row in self.con.execute("SELECT DISTINCT identity FROM decisions WHERE decision = 'new'")
+        }
+        self.planned_new: set[str] = set()
+        self.unnamed: dict[str, str] = {}  # encounter (or photo) of an unnamed new individual -> its name
+        self.seen: dict[str, tuple[Decision, str]] = {}  # photo -> (first row, identity)
+        self.adds: list[PlannedPhoto] = []
+        self.moves: list[PlannedPhoto] = []
+        self.effects: list[tuple[Decision, str | None, str, str]] = []  # row, photo, identity, effect
+
+    def fail(self, decision: Decision, message: str) -> UserError:
+        return UserError(f"{self.source}:{decision.line}: {message}")
+
+    def photo(self, decision: Decision) -> tuple[str, str]:
+        """(absolute path, path relative to the root) of a row's photo, which must exist inside the root."""
+        query = Path(decision.query).expanduser()
+        path = os.path.abspath(query if query.is_absolute() else self.root / query)
+        try:
+            rel = relative_photo_path(path, self.root)
+        except UserError:
+            raise self.fail(decision, f"photo {path} is outside the catalogue root {self.root}") from None
+        if not os.path.isfile(path):
+            raise self.fail(decision, f"photo {path} does not exist (any more)")
+        return path, rel
+
+    def known(self, rel: str) -> tuple[str, str] | None:
+        """(individual, origin) of a catalogue photo at ``rel``, or None."""
+        row = self.con.execute(
+            "SELECT i.name, p.origin FROM photos p JOIN individuals i ON i.id = p.individual_id "
+            "WHERE p.path = ?",
+            (rel,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def new_name(self, decision: Decision, rel: str) -> str:
+        if decision.identity:
+            name = decision.identity
+            taken = name in self.individuals and name not in self.made_by_decision
+            if taken and name not in self.planned_new:
+                raise self.fail(
+                    decision,
+                    f"new individual {quoted(name)} is already a catalogue individual: confirm it instead, "
+                    "or give the new one another name",
+                )
+            return name
+        group = decision.encounter or decision.query
+        if group in self.unnamed:
+            return self.unnamed[group]
+        known = self.known(rel)
+        if known is not None and known[0] in self.made_by_decision:
+            name = known[0]  # applied before: the same new individual
+        else:
+            prefix = f"{NEW_PREFIX}{_decision_date(decision)}-"
+            pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+            names = self.individuals | self.made_by_decision | self.planned_new
+            used = [int(m[1]) for m in map(pattern.match, names) if m]
+            name = f"{prefix}{max(used, default=0) + 1}"
+        self.unnamed[group] = name
+        return name
+
+    def plan(self, decision: Decision) -> None:
+        if decision.decision == "unsure":
+            try:
+                query = Path(decision.query).expanduser()
+                rel: str | None = relative_photo_path(
+                    query if query.is_absolute() else self.root / query, self.root
+                )
+            except UserError:
+                rel = None
+            self.effects.append((decision, rel, decision.identity, "recorded"))
+            return
+        path, rel = self.photo(decision)
+        if decision.decision == "confirm":
+            name = decision.identity
+            if name not in self.individuals and name not in self.planned_new:
+                raise self.fail(
+                    decision, f"individual {quoted(name)} is not in the catalogue {self.store.path}"
+                )
+        else:
+            name = self.new_name(decision, rel)
+        first = self.seen.get(rel)
+        if first is not None:
+            if (first[0].decision, first[1]) != (decision.decision, name):
+                raise self.fail(
+                    decision,
+                    f"photo {path} was decided otherwise on line {first[0].line} ({first[0].decision})",
+                )
+            self.effects.append((decision, rel, name, "already"))
+            return
+        self.seen[rel] = (decision, name)
+        if decision.decision == "new" and name not in self.individuals:
+            self.planned_new.add(name)
+        known = self.known(rel)
+        if known is not None:
+            owner, origin = known
+            if owner == name:
+                effect = "already"
+            elif origin == DECISION_ORIGIN:
+                self.moves.append(PlannedPhoto(decision, path, rel, name, old_identity=owner))
+                effect = "moved"
+            else:
+                raise self.fail(
+                    decision,
+                    f"photo {rel} is a catalogue photo of {quoted(owner)} from the star tree: move it there "
+                    "to relabel it",
+                )
+            self.effects.append((decision, rel, name, effect))
+            return
+        try:
+            sha = file_sha256(path)
+        except OSError as err:
+            raise self.fail(decision, f"cannot read photo {path}: {err.strerror or err}") from None
+        copies = self.store.photos_by_sha256([sha]).get(sha, [])
+        if copies:  # the very bytes are a catalogue photo already (a copy): not a new sighting
+            details = self.store.photo_details(copies)
+            if all(d.identity == name for d in details.values()):
+                self.effects.append((decision, rel, name, "already"))
+                return
+            other = next(d for d in details.values() if d.identity != name)
+            raise self.fail(
+                decision,
+                f"photo {path} is the same file as catalogue photo {other.relative_path} of "
+                f"{quoted(other.identity)}",
+            )
+        self.adds.append(PlannedPhoto(decision, path, rel, name, sha))
+        self.effects.append((decision, rel, name, "added"))
