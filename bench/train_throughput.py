@@ -20,8 +20,9 @@ from lightning_fabric import Fabric
 
 from megastarid.models.network import EmbeddingModel, build_model
 from megastarid.training.config import FinetuneConfig
+from megastarid.training.distributed import fabric_options
 from megastarid.training.losses import ReIDLoss
-from megastarid.training.trainer import Trainer, fabric_options
+from megastarid.training.step import Trainer
 
 
 def bare_loop(model: EmbeddingModel, device: torch.device, bf16: bool, lr: float) -> Callable:

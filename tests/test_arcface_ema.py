@@ -16,9 +16,9 @@ from megastarid.core.errors import UserError
 from megastarid.models.checkpoints import load_checkpoint
 from megastarid.models.network import build_model
 from megastarid.training.config import CotrainConfig, FinetuneConfig
+from megastarid.training.step import Trainer
 from megastarid.training.strategies import cotrain_task
 from megastarid.training.tasks import star_catalogue, wildlife_catalogue
-from megastarid.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

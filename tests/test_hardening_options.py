@@ -129,8 +129,8 @@ def test_a_run_started_with_overwrite_resumes_with_the_printed_command(
     finished --overwrite run continued for more epochs with --resume."""
     import signal
 
+    from megastarid.training.loop import INTERRUPTED, fit
     from megastarid.training.strategies import finetune_task
-    from megastarid.training.trainer import INTERRUPTED, fit
 
     run = tmp_path / "run"
     run.mkdir()

@@ -32,9 +32,10 @@ from megastarid.evaluation.embeddings import EmbeddingSet, load_embeddings, save
 from megastarid.models.checkpoints import load_checkpoint
 from megastarid.models.network import build_model
 from megastarid.training.config import FinetuneConfig
+from megastarid.training.loop import fit
 from megastarid.training.runfolder import hold_run_folder, lock_run_folder
+from megastarid.training.step import Trainer
 from megastarid.training.strategies import finetune_task
-from megastarid.training.trainer import Trainer, fit
 from test_evaluate import embedding_arrays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from megastarid.data.synth import generate_stars
 from megastarid.models.checkpoints import load_checkpoint
 from megastarid.training.config import FinetuneConfig
+from megastarid.training.loop import INTERRUPTED, fit
 from megastarid.training.strategies import finetune_task
-from megastarid.training.trainer import INTERRUPTED, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -18,7 +18,11 @@ from megastarid.data.samplers import PKBatchSampler
 from megastarid.models.checkpoints import load_checkpoint
 from megastarid.models.network import build_model
 from megastarid.training.config import FinetuneConfig
-from megastarid.training.trainer import EpochTally, TrainTask, fabric_options, fit, lr_factor
+from megastarid.training.distributed import fabric_options
+from megastarid.training.loop import fit
+from megastarid.training.schedule import lr_factor
+from megastarid.training.state import EpochTally
+from megastarid.training.tasks import TrainTask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

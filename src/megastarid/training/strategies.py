@@ -10,7 +10,9 @@ from __future__ import annotations
 from megastarid.data.datasets import ConcatImageDataset
 from megastarid.data.samplers import MixedPKBatchSampler
 from megastarid.training.config import CotrainConfig, FinetuneConfig, PretrainConfig
+from megastarid.training.loop import fit
 from megastarid.training.tasks import (
+    TrainTask,
     model_factory,
     pk_sampler_factory,
     resolve_architecture,
@@ -24,7 +26,6 @@ from megastarid.training.tasks import (
     wildlife_report,
     wildlife_train_set,
 )
-from megastarid.training.trainer import TrainTask, fit
 
 
 def pretrain_task(cfg: PretrainConfig) -> TrainTask:

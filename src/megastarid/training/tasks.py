@@ -1,6 +1,7 @@
-"""The pieces the three training commands share: their data, their model and how each is judged.
+"""What a training command hands the loop (``TrainTask``), and the pieces the three commands build it from:
+their data, their model and how each is judged.
 
-Each command (pretrain, finetune, cotrain) assembles a ``TrainTask`` from these; the trainer never
+Each command (pretrain, finetune, cotrain) assembles a ``TrainTask`` from these; the loop never
 knows which data set it is looking at.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from megastarid.core.errors import UserError
 from megastarid.core.runfiles import BEST_CHECKPOINT
@@ -36,6 +38,24 @@ from megastarid.training.config import FinetuneConfig, TrainConfig, WildlifeOpti
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=FinetuneConfig)
+
+
+@dataclasses.dataclass
+class TrainTask:
+    """What one strategy trains on and how it is judged; each command builds one from its config."""
+
+    name: str  # the command, for messages: "finetune"
+    dataset: Dataset  # item i -> (image tensor | None for a bad file, label, i)
+    paths: Sequence[str]  # dataset index -> file, for bad_images.txt
+    make_sampler: Callable[[int, int], Any]  # (rank, world_size) -> batch sampler with set_epoch()
+    build_model: Callable[[], EmbeddingModel]
+    evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # metrics of the model as it is now
+    metric: str | None  # the validation key of evaluate()'s result that chooses best.pth, e.g.
+    # "val_star_mAP"; None when there is no validation side: best.pth is then the last epoch
+    final_report: Callable[[nn.Module, torch.device, Path], dict[str, Any]] | None = (
+        None  # best model -> files
+    )
+    num_classes: int = 0  # training identities: labels are 0 .. num_classes - 1 (ArcFace's centres)
 
 
 @dataclasses.dataclass
