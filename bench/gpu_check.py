@@ -41,7 +41,8 @@ from gpu_sections import FULL, SMOKE, Check, Figure, Sizes, evaluation, identify
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.files import atomic_write_text
-from megastarid.core.options import Names, parse_options
+from megastarid.core.options import Names
+from megastarid.core.parsing import parse_options
 
 #: section name -> (title in the report, body)
 SECTIONS: dict[str, tuple[str, Callable[[Check], None]]] = {

@@ -43,9 +43,11 @@ from megastarid.models.checkpoints import load_checkpoint, save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
 from megastarid.models.network import DEFAULT_POOLING, build_model
 from megastarid.training.config import FinetuneConfig, TrainConfig, parse_train_config
+from megastarid.training.distributed import fabric_options
+from megastarid.training.loop import INTERRUPTED, fit
+from megastarid.training.step import Trainer
 from megastarid.training.strategies import finetune_task
-from megastarid.training.tasks import model_factory, pk_sampler_factory, star_train_set
-from megastarid.training.trainer import INTERRUPTED, Trainer, TrainTask, fabric_options, fit
+from megastarid.training.tasks import TrainTask, model_factory, pk_sampler_factory, star_train_set
 
 #: columns of history.csv that are timings, left out of the resume comparison (as in tests/test_resume.py)
 TIMING = ["images_per_s"]
