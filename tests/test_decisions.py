@@ -6,115 +6,25 @@ is migrated when opened."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import make_star_tree, write_image
-from megastarid import cli
-from megastarid.data.readers import read_star_tree
-from megastarid.identification.build import build_catalogue
+from conftest import write_image
+from decisions_world import TIME, World, confirm_rows, run, write_decisions
 from megastarid.identification.decisions_apply import apply_decisions, outing_of
 from megastarid.identification.decisions_file import read_decisions
-from megastarid.identification.lineup import DECISION_COLUMNS
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
 from megastarid.identification.store_schema import SCHEMA_VERSION
-from megastarid.models.checkpoints import save_checkpoint
-from megastarid.models.embedder import checkpoint_embedder
-from megastarid.models.network import build_model
-
-LAYOUT = {
-    "SiteA": {
-        "star1": {"2024-03-01": 2, "2024-04-01": 2},
-        "star2": {"2024-03-01": 2, "2024-04-02": 1},
-    },
-    "SiteB": {"star3": {"2024-01-01": 2}},
-}
-TIME = "2024-06-02T10:00:00.000Z"
-
-
-def run(*argv: object) -> int:
-    return cli.main([str(arg) for arg in argv])
-
-
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.root = make_star_tree(tmp_path / "stars", LAYOUT, size=(40, 32))
-        torch.manual_seed(0)
-        self.checkpoint = tmp_path / "run" / "best.pth"
-        config = {"backbone": "test_resnet", "embedding_dim": 16, "image_size": 32}
-        save_checkpoint(self.checkpoint, build_model("test_resnet", embedding_dim=16), config)
-        self.catalogue = tmp_path / "archive.sqlite"
-        self.build()
-        self.dive = self.root / "dives" / "2024-06-01"
-        self.photos = {
-            name: [
-                write_image(self.dive / name / f"IMG_{i}.jpg", (40, 32), seed=100 + 10 * n + i)
-                for i in range(2)
-            ]
-            for n, name in enumerate(["encA", "encB", "encC", "encD"])
-        }
-        self.decisions = tmp_path / "decisions.csv"
-
-    def embedder(self):
-        return checkpoint_embedder(self.checkpoint, torch.device("cpu"))
-
-    def build(self) -> None:
-        with open_catalogue(self.catalogue, create=True) as store:
-            build_catalogue(store, read_star_tree(self.root), self.root, self.embedder(), progress=False)
-
-    def rows(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(self.catalogue) as con:
-            return con.execute(sql).fetchall()
-
-    def state(self) -> tuple:
-        return (
-            self.rows("SELECT path, individual_id, origin, sha256 FROM photos ORDER BY path"),
-            self.rows("SELECT name, first_seen, last_seen, num_photos FROM individuals ORDER BY name"),
-            self.rows("SELECT photo_id, vector FROM embeddings ORDER BY photo_id"),
-            self.rows("SELECT * FROM decisions ORDER BY id"),
-        )
-
-    def owner(self, photo: Path) -> str | None:
-        rel = photo.relative_to(self.root).as_posix()
-        found = self.rows(
-            f"SELECT i.name FROM photos p JOIN individuals i ON i.id = p.individual_id WHERE p.path = '{rel}'"
-        )
-        return found[0][0] if found else None
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
-
-
-def write_decisions(path: Path, rows: list[tuple[Path | str, str, str, str, str]]) -> Path:
-    """rows: (photo, encounter, decision, identity, note); time fixed."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(DECISION_COLUMNS)
-        for photo, encounter, decision, identity, note in rows:
-            writer.writerow([str(photo), encounter, decision, identity, note, TIME])
-    return path
-
-
-def confirm_rows(world: World) -> list[tuple[Path | str, str, str, str, str]]:
-    a, b, c, d = (world.photos[n] for n in ("encA", "encB", "encC", "encD"))
-    return [
-        (a[0], "encA", "confirm", "SiteA/star1", ""),
-        (a[1], "encA", "confirm", "SiteA/star1", "left arm regrowing"),
-        (b[0], "encB", "new", "Stella", ""),
-        (b[1], "encB", "new", "Stella", ""),
-        (c[0], "encC", "new", "", ""),
-        (c[1], "encC", "new", "", ""),
-        (d[0], "encD", "unsure", "", "too blurry"),
-    ]
 
 
 def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings(world: World) -> None:
