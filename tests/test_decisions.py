@@ -31,7 +31,7 @@ def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings
     write_decisions(world.decisions, confirm_rows(world))
     with open_catalogue(world.catalogue) as store:
         report = apply_decisions(store, world.decisions, world.embedder)
-    assert report.effects == {"added": 6, "moved": 0, "already": 0, "recorded": 1}
+    assert report.effects == {"added": 6, "moved": 0, "already": 0, "recorded": 1, "superseded": 0}
     assert report.created == ["NEW-20240602-1", "Stella"] and report.audited == 7
     a, b, c, d = (world.photos[n] for n in ("encA", "encB", "encC", "encD"))
     assert [world.owner(p) for p in a + b + c] == ["SiteA/star1"] * 2 + ["Stella"] * 2 + [
@@ -110,7 +110,7 @@ def test_a_later_export_restates_earlier_decisions_changes_its_mind_and_adds_mor
     )
     with open_catalogue(world.catalogue) as store:
         report = apply_decisions(store, second, world.embedder)
-    assert report.effects == {"added": 1, "moved": 1, "already": 2, "recorded": 0}
+    assert report.effects == {"added": 1, "moved": 1, "already": 2, "recorded": 0, "superseded": 0}
     assert world.owner(a[0]) == "SiteA/star2"
     assert [world.owner(p) for p in c] == ["NEW-20240602-1"] * 2 and world.owner(d[0]) == "NEW-20240602-2"
     assert world.rows("SELECT num_photos FROM individuals WHERE name = 'SiteA/star1'") == [(4,)]

@@ -4,11 +4,11 @@ A decisions file (``decisions_file``) is planned row by row (``decisions_plan``)
 transaction (any bad row, and nothing of the file is applied): the photos to add are embedded with the
 catalogue's own model (or not at all, when the catalogue already holds those bytes), and every row goes into
 the audit table (``decisions``) with the time, the file, its sha256 and line, and what it changed
-(``effect``: ``added``, ``moved``, ``already``, ``recorded``).
+(``effect``: ``added``, ``moved``, ``already``, ``recorded``, ``superseded``).
 
-Applying the same file again changes nothing: its rows are already in the audit table and their photos
-already where they say. Photos that joined by a decision are kept by later builds
-(``photos.origin = 'decision'``).
+Applying the same file again changes nothing: its rows are already in the audit table, and their photos are
+where they say unless a later decision moved them (an older decision never overrides a newer one). Photos
+that joined by a decision are kept by later builds (``photos.origin = 'decision'``).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class ApplyReport:
             f"{self.source}: {self.rows} decisions: {e['added']} photo(s) added, {e['moved']} moved, "
             f"{e['already']} already in place, {e['recorded']} unsure recorded; {len(self.created)} new "
             f"individual(s){created}"
+            + (f"; {e['superseded']} superseded by a later decision" if e["superseded"] else "")
         )
 
 
@@ -129,7 +130,7 @@ def apply_decisions(store: CatalogueStore, path: Path, embedder: Callable[[], Em
     source = os.path.abspath(path)
     report = ApplyReport(str(path), rows=len(decisions))
     with store.transaction() as con:
-        planner = Planner(store, path)
+        planner = Planner(store, path, sha)
         for decision in decisions:
             planner.plan(decision)
         blobs = _embed(planner, embedder)

@@ -35,10 +35,11 @@ class Decision:
     time: str | None
 
 
-def _iso_time(text: str) -> str:
-    """``text`` if it is an ISO 8601 time or date, else a ``ValueError``."""
-    dt.datetime.fromisoformat(text)
-    return text
+def instant(text: str) -> dt.datetime:
+    """The moment an ISO 8601 time or date names, in UTC (a time without a zone is taken as UTC); a
+    ``ValueError`` if ``text`` is none."""
+    stamp = dt.datetime.fromisoformat(text)
+    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -93,7 +94,7 @@ def read_decisions(path: Path) -> list[Decision]:
         time = value.get("time") or None
         if time is not None:
             try:
-                _iso_time(time)
+                instant(time)
             except ValueError:
                 raise UserError(f"{path}:{number}: time {quoted(time)} is not an ISO 8601 time") from None
         decisions.append(

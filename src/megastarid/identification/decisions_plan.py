@@ -10,35 +10,60 @@ is written (``decisions_apply`` writes it):
 Photos must lie inside the catalogue's root and exist. A photo that joined by an earlier decision moves when
 a later decision names another individual; a photo the star tree put in the catalogue is never relabelled
 here (move it in the tree). A photo whose very bytes are already a catalogue photo is not added again.
+
+An older decision never overrides a newer one: a ``confirm`` or ``new`` row whose photo the log holds a later
+decision for (by the decisions' own times, a row without one taking the time it was first applied; at equal
+times the later applied wins) changes nothing (``superseded``). So a file applied again changes nothing, and
+after a ``--rebuild`` it brings back only the photos it still has the last word on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.errors import UserError, quoted
-from megastarid.identification.decisions_file import Decision
+from megastarid.identification.decisions_file import Decision, instant
 from megastarid.identification.paths import relative_photo_path
 from megastarid.identification.store import CatalogueStore
 from megastarid.models.embedder import file_sha256
 
 #: what applying a row did
-EFFECTS = ("added", "moved", "already", "recorded")
+EFFECTS = ("added", "moved", "already", "recorded", "superseded")
 NEW_PREFIX = "NEW-"
 DECISION_ORIGIN = "decision"
 
 
-def _decision_date(decision: Decision) -> str:
-    if decision.time:
-        stamp = dt.datetime.fromisoformat(decision.time)
-        if stamp.tzinfo is not None:
-            stamp = stamp.astimezone(dt.UTC)
-        return stamp.strftime("%Y%m%d")
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%d")
+#: a decision's place in time: (when it was made, its row in the log; ``math.inf`` while not logged)
+Order = tuple[dt.datetime, float]
+
+
+def _logged_order(decided: str | None, applied: str, row: int) -> Order:
+    """A logged decision's ``Order``: its own time, else (none, or unreadable) when it was applied."""
+    try:
+        return instant(decided or applied), row
+    except ValueError:
+        return instant(applied), row
+
+
+def latest_decisions(con: sqlite3.Connection) -> dict[str, tuple[Order, str, int]]:
+    """Per photo, the latest logged decision that placed it (``confirm`` or ``new``, not ``superseded``): its
+    order, file sha256 and line."""
+    latest: dict[str, tuple[Order, str, int]] = {}
+    rows = con.execute(
+        "SELECT id, photo, source_sha256, line, decided, applied FROM decisions WHERE photo IS NOT NULL "
+        "AND decision != 'unsure' AND effect != 'superseded'"
+    )
+    for row, photo, sha, line, decided, applied in rows:
+        order = _logged_order(decided, applied, row)
+        if photo not in latest or order > latest[photo][0]:
+            latest[photo] = (order, sha, line)
+    return latest
 
 
 @dataclass
@@ -56,8 +81,8 @@ class PlannedPhoto:
 class Planner:
     """Decides, row by row in file order, what each decision does to the catalogue (in the transaction)."""
 
-    def __init__(self, store: CatalogueStore, source: Path) -> None:
-        self.store, self.con, self.source = store, store.con, source
+    def __init__(self, store: CatalogueStore, source: Path, sha256: str) -> None:
+        self.store, self.con, self.source, self.sha256 = store, store.con, source, sha256
         root = store.root
         if root is None or not store.num_photos():
             raise UserError(f"catalogue {store.path} holds no photos yet (megastarid catalogue build)")
@@ -67,6 +92,14 @@ class Planner:
             row[0]
             for row in self.con.execute("SELECT DISTINCT identity FROM decisions WHERE decision = 'new'")
         }
+        self.latest = latest_decisions(self.con)
+        self.logged = {  # this file's rows already in the log (applied before): line -> order
+            line: _logged_order(decided, applied, row)
+            for row, line, decided, applied in self.con.execute(
+                "SELECT id, line, decided, applied FROM decisions WHERE source_sha256 = ?", (sha256,)
+            )
+        }
+        self.now = dt.datetime.now(dt.UTC)
         self.planned_new: set[str] = set()
         self.unnamed: dict[str, str] = {}  # encounter (or photo) of an unnamed new individual -> its name
         self.seen: dict[str, tuple[Decision, str]] = {}  # photo -> (first row, identity)
@@ -88,6 +121,24 @@ class Planner:
         if not os.path.isfile(path):
             raise self.fail(decision, f"photo {path} does not exist (any more)")
         return path, rel
+
+    def order(self, decision: Decision) -> Order:
+        """The row's place in time: as logged when applied before, else its own time (or now) after all."""
+        logged = self.logged.get(decision.line)
+        if logged is not None:
+            return logged
+        return (instant(decision.time) if decision.time else self.now), math.inf
+
+    def superseded(self, decision: Decision, rel: str) -> bool:
+        """Whether the log holds a later decision for the photo at ``rel`` than this row."""
+        latest = self.latest.get(rel)
+        if latest is None or (latest[1], latest[2]) == (self.sha256, decision.line):
+            return False
+        return latest[0] > self.order(decision)
+
+    def date(self, decision: Decision) -> str:
+        """``YYYYMMDD`` of the decision's time (UTC), else today's."""
+        return (instant(decision.time) if decision.time else self.now).strftime("%Y%m%d")
 
     def known(self, rel: str) -> tuple[str, str] | None:
         """(individual, origin) of a catalogue photo at ``rel``, or None."""
@@ -116,7 +167,7 @@ class Planner:
         if known is not None and known[0] in self.made_by_decision:
             name = known[0]  # applied before: the same new individual
         else:
-            prefix = f"{NEW_PREFIX}{_decision_date(decision)}-"
+            prefix = f"{NEW_PREFIX}{self.date(decision)}-"
             pattern = re.compile(re.escape(prefix) + r"(\d+)$")
             names = self.individuals | self.made_by_decision | self.planned_new
             used = [int(m[1]) for m in map(pattern.match, names) if m]
@@ -154,6 +205,9 @@ class Planner:
             self.effects.append((decision, rel, name, "already"))
             return
         self.seen[rel] = (decision, name)
+        if self.superseded(decision, rel):
+            self.effects.append((decision, rel, name, "superseded"))
+            return
         if decision.decision == "new" and name not in self.individuals:
             self.planned_new.add(name)
         known = self.known(rel)

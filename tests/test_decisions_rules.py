@@ -1,0 +1,83 @@
+"""catalogue apply under hostile or unlucky decisions files: an older decision never overrides a newer one
+(a file applied again changes nothing), and the rules hold for every row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import write_image
+from decisions_world import TIME, World, write_decisions
+from megastarid.data.readers import read_star_tree
+from megastarid.identification.build import build_catalogue
+from megastarid.identification.decisions_apply import apply_decisions
+from megastarid.identification.decisions_log import decision_log
+from megastarid.identification.store_open import open_catalogue
+
+EARLY, LATE = "2024-06-02T09:00:00Z", "2024-06-03T09:00:00Z"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def apply(world: World, path: Path):
+    with open_catalogue(world.catalogue) as store:
+        return apply_decisions(store, path, world.embedder)
+
+
+def last_logged(world: World) -> dict:
+    with open_catalogue(world.catalogue) as store:
+        return decision_log(store)[-1]
+
+
+@pytest.mark.parametrize("times", [(TIME, TIME), (EARLY, LATE)], ids=["same-time", "later"])
+def test_applying_an_older_file_again_never_undoes_a_later_decision(
+    world: World, tmp_path: Path, times: tuple[str, str]
+) -> None:
+    q = world.photos["encA"][0]
+    first = write_decisions(tmp_path / "a.csv", [(q, "encA", "confirm", "SiteA/star2", "", times[0])])
+    second = write_decisions(tmp_path / "b.csv", [(q, "encA", "confirm", "SiteB/star3", "", times[1])])
+    apply(world, first)
+    apply(world, second)
+    assert world.owner(q) == "SiteB/star3"
+    before = world.state()
+    report = apply(world, first)
+    assert not report.changed and "nothing changed" in report.line(), report.line()
+    assert world.owner(q) == "SiteB/star3" and world.state() == before
+    assert last_logged(world)["identity"] == "SiteB/star3"
+
+
+def test_a_new_file_with_an_older_decision_is_logged_and_changes_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    q = world.photos["encA"][0]
+    apply(world, write_decisions(tmp_path / "b.csv", [(q, "encA", "confirm", "SiteB/star3", "", LATE)]))
+    older = write_decisions(tmp_path / "old.csv", [(q, "encA", "confirm", "SiteA/star1", "", EARLY)])
+    report = apply(world, older)
+    assert report.effects["superseded"] == 1 and report.effects["moved"] == 0
+    assert "1 superseded by a later decision" in report.line(), report.line()
+    assert world.owner(q) == "SiteB/star3"
+    entry = last_logged(world)
+    assert (entry["identity"], entry["effect"]) == ("SiteA/star1", "superseded")
+
+
+def test_a_file_applied_again_after_a_rebuild_brings_back_only_its_own_latest_decisions(
+    world: World, tmp_path: Path
+) -> None:
+    inbox = world.root / ".incoming" / "2024-06-05" / "encZ"  # hidden: a tree build does not read it
+    q, r = (write_image(inbox / f"IMG_{i}.jpg", (40, 32), seed=300 + i) for i in range(2))
+    first = write_decisions(
+        tmp_path / "a.csv",
+        [(q, "encA", "confirm", "SiteA/star2", "", EARLY), (r, "encA", "confirm", "SiteA/star2", "", EARLY)],
+    )
+    apply(world, first)
+    apply(world, write_decisions(tmp_path / "b.csv", [(q, "encA", "confirm", "SiteB/star3", "", LATE)]))
+    with open_catalogue(world.catalogue) as store:  # forgets the photos that joined
+        build_catalogue(store, read_star_tree(world.root), world.root, world.embedder(), rebuild=True)
+    assert world.owner(q) is None and world.owner(r) is None
+    report = apply(world, first)
+    assert world.owner(r) == "SiteA/star2" and world.owner(q) is None  # q's latest decision is b.csv's
+    assert report.effects["added"] == 1 and report.effects["superseded"] == 1
