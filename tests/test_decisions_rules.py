@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_image
-from decisions_world import TIME, World, write_decisions
+from decisions_world import TIME, World, run, write_decisions
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.decisions_apply import apply_decisions
@@ -81,3 +81,35 @@ def test_a_file_applied_again_after_a_rebuild_brings_back_only_its_own_latest_de
     report = apply(world, first)
     assert world.owner(r) == "SiteA/star2" and world.owner(q) is None  # q's latest decision is b.csv's
     assert report.effects["added"] == 1 and report.effects["superseded"] == 1
+
+
+def refused(world: World, path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line ``catalogue apply`` refuses ``path`` with; nothing of the file applied."""
+    before = world.state()
+    capsys.readouterr()
+    assert run("catalogue", "apply", "--catalogue", world.catalogue, "--decisions", path) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert world.state() == before
+    return err
+
+
+def test_unsure_rows_keep_the_rules_of_every_decision(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, gone = world.photos["encA"], world.dive / "gone.jpg"
+    good = (a[1], "encA", "confirm", "SiteA/star1", "")
+    cases = [
+        ([good, ("/etc/passwd", "etc", "unsure", "", "")], ":3: photo /etc/passwd is not a .jpg/.jpeg/.png"),
+        ([good, (gone, "x", "unsure", "", "")], f":3: photo {gone} does not exist"),
+        ([(a[0], "encA", "confirm", "SiteA/star1", ""), (a[0], "encA", "unsure", "", "")], ":3: photo"),
+        ([(a[0], "encA", "unsure", "", ""), (a[0], "encA", "new", "Stella", "")], ":3: photo"),
+    ]
+    for rows, message in cases:
+        err = refused(world, write_decisions(world.decisions, rows), capsys)
+        assert f"{world.decisions}{message}" in err, err
+        if message == ":3: photo":
+            assert f"{a[0]} was decided otherwise on line 2" in err, err
+    write_decisions(world.decisions, [(a[0], "encA", "unsure", "", ""), (a[0], "encA", "unsure", "", "")])
+    report = apply(world, world.decisions)  # the same decision twice is fine
+    assert report.effects["recorded"] == 1 and report.effects["already"] == 1

@@ -7,9 +7,10 @@ is written (``decisions_apply`` writes it):
   refused (confirm it instead), while one made by an earlier ``new`` decision is joined;
 - ``unsure``: recorded, nothing else.
 
-Photos must lie inside the catalogue's root and exist. A photo that joined by an earlier decision moves when
-a later decision names another individual; a photo the star tree put in the catalogue is never relabelled
-here (move it in the tree). A photo whose very bytes are already a catalogue photo is not added again.
+Every row, whatever its decision, names a .jpg/.jpeg/.png photo that exists inside the catalogue's root, and
+one photo gets one decision in a file. A photo that joined by an earlier decision moves when a later
+decision names another individual; a photo the star tree put in the catalogue is never relabelled here (move
+it in the tree). A photo whose very bytes are already a catalogue photo is not added again.
 
 An older decision never overrides a newer one: a ``confirm`` or ``new`` row whose photo the log holds a later
 decision for (by the decisions' own times, a row without one taking the time it was first applied; at equal
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.data.images import is_image_file
 from megastarid.identification.decisions_file import Decision, instant
 from megastarid.identification.paths import relative_photo_path
 from megastarid.identification.store import CatalogueStore
@@ -111,9 +113,12 @@ class Planner:
         return UserError(f"{self.source}:{decision.line}: {message}")
 
     def photo(self, decision: Decision) -> tuple[str, str]:
-        """(absolute path, path relative to the root) of a row's photo, which must exist inside the root."""
+        """(absolute path, path relative to the root) of a row's photo, whatever its decision: a photo that
+        exists inside the root."""
         query = Path(decision.query).expanduser()
         path = os.path.abspath(query if query.is_absolute() else self.root / query)
+        if not is_image_file(path):
+            raise self.fail(decision, f"photo {path} is not a .jpg/.jpeg/.png photo")
         try:
             rel = relative_photo_path(path, self.root)
         except UserError:
@@ -176,16 +181,6 @@ class Planner:
         return name
 
     def plan(self, decision: Decision) -> None:
-        if decision.decision == "unsure":
-            try:
-                query = Path(decision.query).expanduser()
-                rel: str | None = relative_photo_path(
-                    query if query.is_absolute() else self.root / query, self.root
-                )
-            except UserError:
-                rel = None
-            self.effects.append((decision, rel, decision.identity, "recorded"))
-            return
         path, rel = self.photo(decision)
         if decision.decision == "confirm":
             name = decision.identity
@@ -193,8 +188,10 @@ class Planner:
                 raise self.fail(
                     decision, f"individual {quoted(name)} is not in the catalogue {self.store.path}"
                 )
-        else:
+        elif decision.decision == "new":
             name = self.new_name(decision, rel)
+        else:
+            name = decision.identity
         first = self.seen.get(rel)
         if first is not None:
             if (first[0].decision, first[1]) != (decision.decision, name):
@@ -203,6 +200,10 @@ class Planner:
                     f"photo {path} was decided otherwise on line {first[0].line} ({first[0].decision})",
                 )
             self.effects.append((decision, rel, name, "already"))
+            return
+        if decision.decision == "unsure":
+            self.seen[rel] = (decision, name)
+            self.effects.append((decision, rel, name, "recorded"))
             return
         self.seen[rel] = (decision, name)
         if self.superseded(decision, rel):
