@@ -113,3 +113,24 @@ def test_unsure_rows_keep_the_rules_of_every_decision(
     write_decisions(world.decisions, [(a[0], "encA", "unsure", "", ""), (a[0], "encA", "unsure", "", "")])
     report = apply(world, world.decisions)  # the same decision twice is fine
     assert report.effects["recorded"] == 1 and report.effects["already"] == 1
+
+
+def test_the_same_bytes_go_to_one_individual_within_a_file_too(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = world.photos["encA"][0]
+    twin = world.dive / "encE" / "twin.jpg"
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(p.read_bytes())
+    rows = [(p, "encA", "confirm", "SiteA/star2", ""), (twin, "encE", "new", "Stella", "")]
+    err = refused(world, write_decisions(world.decisions, rows), capsys)
+    assert f"{world.decisions}:3: photo {twin} holds the same bytes as {p} on line 2" in err, err
+    # given the same individual, the second copy adds nothing, as a copy of a catalogue photo adds nothing
+    rows = [(p, "encA", "confirm", "SiteA/star2", ""), (twin, "encE", "confirm", "SiteA/star2", "")]
+    report = apply(world, write_decisions(world.decisions, rows))
+    assert report.effects["added"] == 1 and report.effects["already"] == 1
+    assert world.owner(p) == "SiteA/star2" and world.owner(twin) is None
+    # a photo that joined before and moves now: a copy of it goes where it goes, or is refused
+    rows = [(p, "encA", "confirm", "SiteA/star1", ""), (twin, "encE", "new", "Stella", "")]
+    err = refused(world, write_decisions(tmp_path / "later.csv", rows), capsys)
+    assert ":3: photo" in err and f"holds the same bytes as {p} on line 2" in err, err

@@ -10,7 +10,8 @@ is written (``decisions_apply`` writes it):
 Every row, whatever its decision, names a .jpg/.jpeg/.png photo that exists inside the catalogue's root, and
 one photo gets one decision in a file. A photo that joined by an earlier decision moves when a later
 decision names another individual; a photo the star tree put in the catalogue is never relabelled here (move
-it in the tree). A photo whose very bytes are already a catalogue photo is not added again.
+it in the tree). A photo whose very bytes are already a catalogue photo, or placed by an earlier row, is not
+added again; the same bytes never go to two individuals.
 
 An older decision never overrides a newer one: a ``confirm`` or ``new`` row whose photo the log holds a later
 decision for (by the decisions' own times, a row without one taking the time it was first applied; at equal
@@ -105,6 +106,7 @@ class Planner:
         self.planned_new: set[str] = set()
         self.unnamed: dict[str, str] = {}  # encounter (or photo) of an unnamed new individual -> its name
         self.seen: dict[str, tuple[Decision, str]] = {}  # photo -> (first row, identity)
+        self.placed: dict[str, tuple[Decision, str, str]] = {}  # sha256 -> (first row, photo, identity)
         self.adds: list[PlannedPhoto] = []
         self.moves: list[PlannedPhoto] = []
         self.effects: list[tuple[Decision, str | None, str, str]] = []  # row, photo, identity, effect
@@ -145,14 +147,28 @@ class Planner:
         """``YYYYMMDD`` of the decision's time (UTC), else today's."""
         return (instant(decision.time) if decision.time else self.now).strftime("%Y%m%d")
 
-    def known(self, rel: str) -> tuple[str, str] | None:
-        """(individual, origin) of a catalogue photo at ``rel``, or None."""
+    def known(self, rel: str) -> tuple[str, str, str] | None:
+        """(individual, origin, sha256) of a catalogue photo at ``rel``, or None."""
         row = self.con.execute(
-            "SELECT i.name, p.origin FROM photos p JOIN individuals i ON i.id = p.individual_id "
+            "SELECT i.name, p.origin, p.sha256 FROM photos p JOIN individuals i ON i.id = p.individual_id "
             "WHERE p.path = ?",
             (rel,),
         ).fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
+
+    def same_bytes(self, decision: Decision, path: str, sha: str, name: str) -> bool:
+        """Whether an earlier row of the file places these very bytes, with the same individual; bytes that
+        an earlier row gives another individual are refused, naming both lines."""
+        first = self.placed.setdefault(sha, (decision, path, name))
+        if first[0] is decision:
+            return False
+        if first[2] != name:
+            raise self.fail(
+                decision,
+                f"photo {path} holds the same bytes as {first[1]} on line {first[0].line}, which goes to "
+                f"{quoted(first[2])}: one photo, one individual",
+            )
+        return True
 
     def new_name(self, decision: Decision, rel: str) -> str:
         if decision.identity:
@@ -213,7 +229,8 @@ class Planner:
             self.planned_new.add(name)
         known = self.known(rel)
         if known is not None:
-            owner, origin = known
+            owner, origin, sha = known
+            self.same_bytes(decision, path, sha, name)  # another copy of it may go nowhere else
             if owner == name:
                 effect = "already"
             elif origin == DECISION_ORIGIN:
@@ -231,6 +248,9 @@ class Planner:
             sha = file_sha256(path)
         except OSError as err:
             raise self.fail(decision, f"cannot read photo {path}: {err.strerror or err}") from None
+        if self.same_bytes(decision, path, sha, name):  # a copy of a photo this file places already
+            self.effects.append((decision, rel, name, "already"))
+            return
         copies = self.store.photos_by_sha256([sha]).get(sha, [])
         if copies:  # the very bytes are a catalogue photo already (a copy): not a new sighting
             details = self.store.photo_details(copies)
