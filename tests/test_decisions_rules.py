@@ -134,3 +134,19 @@ def test_the_same_bytes_go_to_one_individual_within_a_file_too(
     rows = [(p, "encA", "confirm", "SiteA/star1", ""), (twin, "encE", "new", "Stella", "")]
     err = refused(world, write_decisions(tmp_path / "later.csv", rows), capsys)
     assert ":3: photo" in err and f"holds the same bytes as {p} on line 2" in err, err
+
+
+def test_names_are_compared_exactly_as_stored(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_image(world.root / "SiteA" / "star4 " / "2024-03-01" / "img0.jpg", (40, 32), seed=400)
+    table = read_star_tree(world.root)
+    with open_catalogue(world.catalogue) as store:  # a folder name ending in a space: 'SiteA/star4 '
+        build_catalogue(store, table[table["dataset"] != "dives"], world.root, world.embedder())
+    a = world.photos["encA"]
+    apply(world, write_decisions(world.decisions, [(a[0], "encA", "confirm", "SiteA/star4 ", "")]))
+    assert world.owner(a[0]) == "SiteA/star4 "
+    rows = [(a[1], "encA", "confirm", " SiteA/star1", "")]
+    err = refused(world, write_decisions(world.decisions, rows), capsys)
+    assert ":2: individual ' SiteA/star1' is not in the catalogue" in err, err
+    assert "did you mean 'SiteA/star1'" in err, err

@@ -4,7 +4,9 @@ catalogue apply``.
 One row per photo, columns ``query`` (the photo: absolute, or relative to the catalogue's root),
 ``encounter``, ``decision`` (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or
 the new individual's name, may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made).
-UTF-8, a header line, RFC 4180 quoting; other columns are ignored.
+UTF-8, a header line, RFC 4180 quoting; other columns are ignored. The photo, encounter and individual are
+kept exactly as written (a file or an individual may be named with a space at either end), the decision,
+note and time without surrounding spaces.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def read_decisions(path: Path) -> list[Decision]:
     for number, fields in rows[1:]:
         if len(fields) != len(columns):
             raise UserError(f"{path}:{number}: {len(fields)} fields, the header has {len(columns)}")
-        value = {name: fields[index].strip() for name, index in where.items()}
+        raw = {name: fields[index] for name, index in where.items()}
+        value = {name: cell.strip() for name, cell in raw.items()}
         decision = value["decision"].lower()
         if decision not in DECISIONS:
             raise UserError(
@@ -88,7 +91,8 @@ def read_decisions(path: Path) -> list[Decision]:
             )
         if not value["query"]:
             raise UserError(f"{path}:{number}: no photo in the query column")
-        identity = value.get("identity", "")
+        # names and paths as written (a name or a folder may end in a space); a blank name is no name
+        identity = raw.get("identity", "") if value.get("identity") else ""
         if decision == "confirm" and not identity:
             raise UserError(f"{path}:{number}: confirm needs the individual in the identity column")
         time = value.get("time") or None
@@ -100,8 +104,8 @@ def read_decisions(path: Path) -> list[Decision]:
         decisions.append(
             Decision(
                 number,
-                fields[where["query"]],  # a file name may begin or end with a space: kept as written
-                value.get("encounter", ""),
+                raw["query"],
+                raw.get("encounter", ""),
                 decision,
                 identity,
                 value.get("note", ""),

@@ -201,8 +201,10 @@ class Planner:
         if decision.decision == "confirm":
             name = decision.identity
             if name not in self.individuals and name not in self.planned_new:
+                near = name.strip() if name.strip() in self.individuals else None
+                hint = f" (did you mean {quoted(near)}?)" if near else ""
                 raise self.fail(
-                    decision, f"individual {quoted(name)} is not in the catalogue {self.store.path}"
+                    decision, f"individual {quoted(name)} is not in the catalogue {self.store.path}{hint}"
                 )
         elif decision.decision == "new":
             name = self.new_name(decision, rel)
