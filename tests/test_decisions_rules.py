@@ -14,6 +14,8 @@ from megastarid.identification.build import build_catalogue
 from megastarid.identification.decisions_apply import apply_decisions
 from megastarid.identification.decisions_log import decision_log
 from megastarid.identification.store_open import open_catalogue
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.network import build_model
 
 EARLY, LATE = "2024-06-02T09:00:00Z", "2024-06-03T09:00:00Z"
 
@@ -150,3 +152,55 @@ def test_names_are_compared_exactly_as_stored(
     err = refused(world, write_decisions(world.decisions, rows), capsys)
     assert ":2: individual ' SiteA/star1' is not in the catalogue" in err, err
     assert "did you mean 'SiteA/star1'" in err, err
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Stella\nSiteA/star1", "U+000A"),
+        ("Ste\x00lla", "U+0000"),
+        ("\u202eallets", "U+202E"),
+        ("x" * 10_000, "10000 characters long"),
+    ],
+    ids=["newline", "nul", "rtl-override", "long"],
+)
+def test_names_with_control_or_bidi_characters_or_of_any_length_are_refused(
+    world: World, capsys: pytest.CaptureFixture[str], name: str, why: str
+) -> None:
+    a = world.photos["encA"]
+    for decision in ("new", "confirm", "unsure"):
+        rows = [(a[0], "encA", "confirm", "SiteA/star1", ""), (a[1], "encA", decision, name, "")]
+        err = refused(world, write_decisions(world.decisions, rows), capsys)
+        assert f"{world.decisions}:3: individual name " in err and why in err, err
+        assert len(err) < 400, err
+
+
+@pytest.mark.parametrize("folder", ["star\n9", "star\u202e9", "s" * 230], ids=["newline", "rtl", "long"])
+def test_a_build_refuses_such_a_name_from_a_folder_before_it_writes(
+    tmp_path: Path, folder: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "stars"
+    photo = write_image(root / "SiteA" / folder / "2024-03-01" / "img0.jpg", (40, 32))
+    write_image(root / "SiteA" / "star1" / "2024-03-01" / "img0.jpg", (40, 32), seed=1)
+    checkpoint = tmp_path / "best.pth"
+    config = {"backbone": "test_resnet", "embedding_dim": 16, "image_size": 32}
+    save_checkpoint(checkpoint, build_model("test_resnet", embedding_dim=16), config)
+    catalogue = tmp_path / "archive.sqlite"
+    capsys.readouterr()
+    argv = ["--checkpoint", checkpoint, "--star-root", root, "--catalogue", catalogue]
+    assert run("catalogue", "build", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "individual name " in err and repr(str(photo))[1:20] in err, err
+    with open_catalogue(catalogue, create=True) as store:
+        assert store.meta("model") is None  # refused before anything was written
+
+
+def test_the_log_keeps_one_line_per_decision_whatever_the_file_names(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = write_image(world.dive / "encF" / "two\nlines\u202e.jpg", (40, 32), seed=500)
+    apply(world, write_decisions(world.decisions, [(odd, "encF", "unsure", "", "")]))
+    capsys.readouterr()
+    assert run("catalogue", "log", "--catalogue", world.catalogue) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "two\\nlines\\u202e.jpg" in lines[1], lines

@@ -6,7 +6,8 @@ One row per photo, columns ``query`` (the photo: absolute, or relative to the ca
 the new individual's name, may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made).
 UTF-8, a header line, RFC 4180 quoting; other columns are ignored. The photo, encounter and individual are
 kept exactly as written (a file or an individual may be named with a space at either end), the decision,
-note and time without surrounding spaces.
+note and time without surrounding spaces; an individual's name, whatever the decision, keeps the name rule
+(``names``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.identification.names import name_fault
 
 DECISIONS = ("confirm", "new", "unsure")
 #: columns a decisions file must have (``encounter``, ``identity``, ``note``, ``time`` may be left out)
@@ -95,6 +97,9 @@ def read_decisions(path: Path) -> list[Decision]:
         identity = raw.get("identity", "") if value.get("identity") else ""
         if decision == "confirm" and not identity:
             raise UserError(f"{path}:{number}: confirm needs the individual in the identity column")
+        fault = name_fault(identity) if identity else None
+        if fault is not None:
+            raise UserError(f"{path}:{number}: individual name {quoted(identity)} {fault}")
         time = value.get("time") or None
         if time is not None:
             try:
