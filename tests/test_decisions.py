@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_image
 from decisions_world import TIME, World, confirm_rows, run, write_decisions
 from megastarid.identification.decisions_apply import apply_decisions, outing_of
 from megastarid.identification.decisions_file import read_decisions
@@ -145,13 +144,14 @@ def test_photos_given_relative_to_the_root_and_copies_of_catalogue_photos(world:
 
 def bad_cases(world: World, tmp_path: Path) -> list[tuple[list[tuple], str]]:
     a, b = world.photos["encA"], world.photos["encB"]
-    outside = write_image(tmp_path / "elsewhere" / "x.jpg")
+    notes = world.dive / "notes.txt"
+    notes.write_text("not a photo")
     gone = world.dive / "gone.jpg"
     good = (a[0], "encA", "confirm", "SiteA/star1", "")
     return [
         ([good, (a[1], "encA", "confirm", "SiteA/nobody", "")], ":3: individual 'SiteA/nobody' is not in"),
         ([good, (gone, "encX", "confirm", "SiteA/star1", "")], f":3: photo {gone} does not exist"),
-        ([good, (outside, "encX", "new", "", "")], f":3: photo {outside} is outside the catalogue root"),
+        ([good, (notes, "encX", "new", "", "")], f":3: photo {notes} is not a .jpg/.jpeg/.png photo"),
         ([good, (a[1], "encA", "maybe", "", "")], ":3: decision 'maybe' is not one of confirm, new, unsure"),
         ([good, (a[1], "encA", "confirm", "", "")], ":3: confirm needs the individual"),
         ([good, (b[0], "encB", "new", "SiteA/star2", "")], ":3: new individual 'SiteA/star2' is already"),

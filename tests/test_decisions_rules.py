@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,9 @@ def apply(world: World, path: Path):
         return apply_decisions(store, path, world.embedder)
 
 
-def last_logged(world: World) -> dict:
+def logged(world: World) -> list[dict]:
     with open_catalogue(world.catalogue) as store:
-        return decision_log(store)[-1]
+        return decision_log(store)
 
 
 @pytest.mark.parametrize("times", [(TIME, TIME), (EARLY, LATE)], ids=["same-time", "later"])
@@ -49,7 +50,7 @@ def test_applying_an_older_file_again_never_undoes_a_later_decision(
     report = apply(world, first)
     assert not report.changed and "nothing changed" in report.line(), report.line()
     assert world.owner(q) == "SiteB/star3" and world.state() == before
-    assert last_logged(world)["identity"] == "SiteB/star3"
+    assert logged(world)[-1]["identity"] == "SiteB/star3"
 
 
 def test_a_new_file_with_an_older_decision_is_logged_and_changes_nothing(
@@ -62,7 +63,7 @@ def test_a_new_file_with_an_older_decision_is_logged_and_changes_nothing(
     assert report.effects["superseded"] == 1 and report.effects["moved"] == 0
     assert "1 superseded by a later decision" in report.line(), report.line()
     assert world.owner(q) == "SiteB/star3"
-    entry = last_logged(world)
+    entry = logged(world)[-1]
     assert (entry["identity"], entry["effect"]) == ("SiteA/star1", "superseded")
 
 
@@ -204,3 +205,41 @@ def test_the_log_keeps_one_line_per_decision_whatever_the_file_names(
     assert run("catalogue", "log", "--catalogue", world.catalogue) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "two\\nlines\\u202e.jpg" in lines[1], lines
+
+
+def test_photos_outside_the_root_are_said_up_front_and_copied_into_its_incoming_folder(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    card = tmp_path / "card" / "DCIM" / "2024-06-05" / "encZ"
+    x, y = (write_image(card / f"IMG_{i}.jpg", (40, 32), seed=600 + i) for i in range(2))
+    argv = ["--catalogue", world.catalogue, "--out", tmp_path / "matches", "--allow-uncalibrated"]
+    with caplog.at_level(logging.WARNING):
+        assert run("identify", card, *argv) == 0
+    warned = [r.getMessage() for r in caplog.records if "outside the catalogue root" in r.getMessage()]
+    assert len(warned) == 1 and len(warned[0].splitlines()) == 1, warned
+    assert f"2 photo(s) lie outside the catalogue root {world.root} " in warned[0], warned
+    assert f"{world.root / '.incoming'}" in warned[0], warned
+
+    bad = [(x, "encZ", "confirm", "SiteA/star1", ""), (world.dive / "gone.jpg", "encZ", "unsure", "", "")]
+    refused(world, write_decisions(world.decisions, bad), capsys)
+    assert not (world.root / ".incoming").exists()  # nothing copied for a file refused
+    rows = [(x, "encZ", "confirm", "SiteA/star1", ""), (y, "encZ", "new", "", "")]
+    report = apply(world, write_decisions(world.decisions, rows))
+    inbox = world.root / ".incoming" / "2024-06-05" / "encZ"
+    assert report.effects["added"] == 2 and f"2 copied into {world.root / '.incoming'}" in report.line()
+    assert [(inbox / p.name).read_bytes() == p.read_bytes() for p in (x, y)] == [True, True]
+    assert world.owner(inbox / x.name) == "SiteA/star1" and world.owner(inbox / y.name) == "NEW-20240602-1"
+    rel = (inbox / x.name).relative_to(world.root).as_posix()
+    dated = world.rows(f"SELECT outing, date FROM photos WHERE path = '{rel}'")
+    assert dated == [("2024-06-05", "2024-06-05")]
+    assert [(e["query"], e["photo"]) for e in logged(world)][:1] == [(str(x), rel)]
+
+    before = world.state()  # applied again: nothing changes, nothing is copied twice
+    assert not apply(world, world.decisions).changed and world.state() == before
+    assert sorted(p.name for p in inbox.iterdir()) == ["IMG_0.jpg", "IMG_1.jpg"]
+
+    other = write_image(tmp_path / "card2" / "2024-06-05" / "encZ" / "IMG_0.jpg", (40, 32), seed=602)
+    apply(world, write_decisions(tmp_path / "c.csv", [(other, "encZ", "confirm", "SiteA/star2", "")]))
+    (copy,) = [p for p in inbox.iterdir() if p.name not in ("IMG_0.jpg", "IMG_1.jpg")]  # a name of its own
+    assert copy.name.startswith("IMG_0-") and copy.read_bytes() == other.read_bytes()
+    assert world.owner(copy) == "SiteA/star2" and world.owner(inbox / x.name) == "SiteA/star1"

@@ -7,11 +7,12 @@ is written (``decisions_apply`` writes it):
   refused (confirm it instead), while one made by an earlier ``new`` decision is joined;
 - ``unsure``: recorded, nothing else.
 
-Every row, whatever its decision, names a .jpg/.jpeg/.png photo that exists inside the catalogue's root, and
-one photo gets one decision in a file. A photo that joined by an earlier decision moves when a later
-decision names another individual; a photo the star tree put in the catalogue is never relabelled here (move
-it in the tree). A photo whose very bytes are already a catalogue photo, or placed by an earlier row, is not
-added again; the same bytes never go to two individuals.
+Every row, whatever its decision, names a .jpg/.jpeg/.png photo that exists, and one photo gets one decision
+in a file. A photo placed from outside the catalogue's root is a copy under the root's ``.incoming`` folder
+(``incoming``). A photo that joined by an earlier decision moves when a later decision names another
+individual; a photo the star tree put in the catalogue is never relabelled here (move it in the tree). A
+photo whose very bytes are already a catalogue photo, or placed by an earlier row, is not added again; the
+same bytes never go to two individuals.
 
 An older decision never overrides a newer one: a ``confirm`` or ``new`` row whose photo the log holds a later
 decision for (by the decisions' own times, a row without one taking the time it was first applied; at equal
@@ -27,12 +28,13 @@ import os
 import re
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from megastarid.core.errors import UserError, quoted
 from megastarid.data.images import is_image_file
 from megastarid.identification.decisions_file import Decision, instant
-from megastarid.identification.paths import relative_photo_path
+from megastarid.identification.incoming import Incoming
+from megastarid.identification.paths import INCOMING, relative_photo_path
 from megastarid.identification.store import CatalogueStore
 from megastarid.models.embedder import file_sha256
 
@@ -74,11 +76,12 @@ class PlannedPhoto:
     """A photo a row adds (to embed) or moves."""
 
     decision: Decision
-    path: str  # absolute
+    path: str  # absolute, inside the root: where the catalogue has it
     rel: str
     identity: str
     sha256: str = ""
     old_identity: str | None = None
+    source: str = ""  # absolute: the file as the row names it (``path``, or what is copied there)
 
 
 class Planner:
@@ -104,8 +107,9 @@ class Planner:
         }
         self.now = dt.datetime.now(dt.UTC)
         self.planned_new: set[str] = set()
+        self.incoming = Incoming(root)
         self.unnamed: dict[str, str] = {}  # encounter (or photo) of an unnamed new individual -> its name
-        self.seen: dict[str, tuple[Decision, str]] = {}  # photo -> (first row, identity)
+        self.seen: dict[str, tuple[Decision, str]] = {}  # photo (absolute) -> (first row, identity)
         self.placed: dict[str, tuple[Decision, str, str]] = {}  # sha256 -> (first row, photo, identity)
         self.adds: list[PlannedPhoto] = []
         self.moves: list[PlannedPhoto] = []
@@ -114,20 +118,32 @@ class Planner:
     def fail(self, decision: Decision, message: str) -> UserError:
         return UserError(f"{self.source}:{decision.line}: {message}")
 
-    def photo(self, decision: Decision) -> tuple[str, str]:
-        """(absolute path, path relative to the root) of a row's photo, whatever its decision: a photo that
-        exists inside the root."""
+    def photo(self, decision: Decision) -> tuple[str, str | None]:
+        """(absolute path, path relative to the root or None outside it) of a row's photo, whatever its
+        decision: a photo that exists."""
         query = Path(decision.query).expanduser()
         path = os.path.abspath(query if query.is_absolute() else self.root / query)
         if not is_image_file(path):
             raise self.fail(decision, f"photo {path} is not a .jpg/.jpeg/.png photo")
-        try:
-            rel = relative_photo_path(path, self.root)
-        except UserError:
-            raise self.fail(decision, f"photo {path} is outside the catalogue root {self.root}") from None
         if not os.path.isfile(path):
             raise self.fail(decision, f"photo {path} does not exist (any more)")
-        return path, rel
+        try:
+            return path, relative_photo_path(path, self.root)
+        except UserError:
+            return path, None
+
+    def hash(self, decision: Decision, path: str) -> str:
+        try:
+            return file_sha256(path)
+        except OSError as err:
+            raise self.fail(decision, f"cannot read photo {path}: {err.strerror or err}") from None
+
+    def copy_place(self, decision: Decision, path: str, sha: str) -> str:
+        """Where in the root the copy of a photo from elsewhere goes (``incoming``)."""
+        rel = self.incoming.place(path, sha)
+        if rel is None:
+            raise self.fail(decision, f"photo {path}: no free name for its copy under {self.root / INCOMING}")
+        return rel
 
     def order(self, decision: Decision) -> Order:
         """The row's place in time: as logged when applied before, else its own time (or now) after all."""
@@ -198,6 +214,10 @@ class Planner:
 
     def plan(self, decision: Decision) -> None:
         path, rel = self.photo(decision)
+        sha = ""
+        if rel is None and decision.decision != "unsure":  # from outside the root: placed as a copy
+            sha = self.hash(decision, path)
+            rel = self.copy_place(decision, path, sha)
         if decision.decision == "confirm":
             name = decision.identity
             if name not in self.individuals and name not in self.planned_new:
@@ -207,10 +227,11 @@ class Planner:
                     decision, f"individual {quoted(name)} is not in the catalogue {self.store.path}{hint}"
                 )
         elif decision.decision == "new":
+            assert rel is not None
             name = self.new_name(decision, rel)
         else:
             name = decision.identity
-        first = self.seen.get(rel)
+        first = self.seen.get(path)
         if first is not None:
             if (first[0].decision, first[1]) != (decision.decision, name):
                 raise self.fail(
@@ -219,11 +240,10 @@ class Planner:
                 )
             self.effects.append((decision, rel, name, "already"))
             return
-        if decision.decision == "unsure":
-            self.seen[rel] = (decision, name)
+        self.seen[path] = (decision, name)
+        if rel is None or decision.decision == "unsure":
             self.effects.append((decision, rel, name, "recorded"))
             return
-        self.seen[rel] = (decision, name)
         if self.superseded(decision, rel):
             self.effects.append((decision, rel, name, "superseded"))
             return
@@ -231,12 +251,12 @@ class Planner:
             self.planned_new.add(name)
         known = self.known(rel)
         if known is not None:
-            owner, origin, sha = known
-            self.same_bytes(decision, path, sha, name)  # another copy of it may go nowhere else
+            owner, origin, stored = known
+            self.same_bytes(decision, path, stored, name)  # another copy of it may go nowhere else
             if owner == name:
                 effect = "already"
             elif origin == DECISION_ORIGIN:
-                self.moves.append(PlannedPhoto(decision, path, rel, name, old_identity=owner))
+                self.moves.append(PlannedPhoto(decision, path, rel, name, old_identity=owner, source=path))
                 effect = "moved"
             else:
                 raise self.fail(
@@ -246,10 +266,7 @@ class Planner:
                 )
             self.effects.append((decision, rel, name, effect))
             return
-        try:
-            sha = file_sha256(path)
-        except OSError as err:
-            raise self.fail(decision, f"cannot read photo {path}: {err.strerror or err}") from None
+        sha = sha or self.hash(decision, path)
         if self.same_bytes(decision, path, sha, name):  # a copy of a photo this file places already
             self.effects.append((decision, rel, name, "already"))
             return
@@ -265,5 +282,6 @@ class Planner:
                 f"photo {path} is the same file as catalogue photo {other.relative_path} of "
                 f"{quoted(other.identity)}",
             )
-        self.adds.append(PlannedPhoto(decision, path, rel, name, sha))
+        inside = str(self.root.joinpath(*PurePosixPath(rel).parts))
+        self.adds.append(PlannedPhoto(decision, inside, rel, name, sha, source=path))
         self.effects.append((decision, rel, name, "added"))

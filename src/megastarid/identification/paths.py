@@ -1,11 +1,17 @@
-"""Photo paths as a catalogue stores them: relative to its root, ``/``-separated, never outside the root."""
+"""Photo paths as a catalogue stores them: relative to its root, ``/``-separated, never outside the root; and
+the hidden folder under the root where photos from elsewhere are copied in (``INCOMING``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from megastarid.core.errors import UserError
+
+#: the folder under a catalogue's root for new dives (hidden: a tree build does not read it); ``catalogue
+#: apply`` copies the photos it places from outside the root there
+INCOMING = ".incoming"
 
 
 def relative_photo_path(path: str | os.PathLike[str], root: Path) -> str:
@@ -35,3 +41,14 @@ def escapes_root(rel: str) -> bool:
         or rel.endswith("/..")
         or "/../" in rel
     )
+
+
+def outside_root(paths: Iterable[str], root: Path) -> list[str]:
+    """Those of ``paths`` (absolute) that lie outside ``root``."""
+    outside = []
+    for path in paths:
+        try:
+            relative_photo_path(path, root)
+        except UserError:
+            outside.append(path)
+    return outside
