@@ -3,17 +3,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from conftest import write_image
 from decisions_world import TIME, World, run, write_decisions
+from megastarid.core.runfiles import MATCHES_JSON
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.decisions_apply import apply_decisions
 from megastarid.identification.decisions_log import decision_log
+from megastarid.identification.lineup import lineup_data
+from megastarid.identification.paths import ref_path
 from megastarid.identification.store_open import open_catalogue
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.network import build_model
@@ -243,3 +248,26 @@ def test_photos_outside_the_root_are_said_up_front_and_copied_into_its_incoming_
     (copy,) = [p for p in inbox.iterdir() if p.name not in ("IMG_0.jpg", "IMG_1.jpg")]  # a name of its own
     assert copy.name.startswith("IMG_0-") and copy.read_bytes() == other.read_bytes()
     assert world.owner(copy) == "SiteA/star2" and world.owner(inbox / x.name) == "SiteA/star1"
+
+
+def test_photos_whose_names_are_not_utf8_make_the_round_trip(world: World, tmp_path: Path) -> None:
+    """Linux names are bytes: the page exports such a photo as its file: URI, apply reads it back and places
+    the photo as a copy with a UTF-8 name (the catalogue stores text); identified again, it is known."""
+    folder = world.dive / os.fsdecode(b"enc\xe9")  # Latin-1, not UTF-8
+    photo = write_image(folder / os.fsdecode(b"IMG_\xff.jpg"), (40, 32), seed=700)
+    out = tmp_path / "matches"
+    argv = ["--catalogue", world.catalogue, "--out", out, "--allow-uncalibrated"]
+    assert run("identify", folder, *argv) == 0
+    data = lineup_data(json.loads((out / MATCHES_JSON).read_text()), {})
+    (query,) = data["queries"]
+    ref, encounter = query["photos"][0]["ref"], query["encounter_ref"]
+    assert ref == photo.as_uri() and ref.isascii() and encounter == folder.as_uri()
+    assert ref_path(ref) == str(photo) and ref_path(str(world.root)) == str(world.root)
+    report = apply(world, write_decisions(world.decisions, [(ref, encounter, "confirm", "SiteA/star1", "")]))
+    copy = world.root / ".incoming" / "2024-06-01" / "enc\ufffd" / "IMG_\ufffd.jpg"
+    assert report.effects["added"] == 1 and report.copied == 1
+    assert copy.read_bytes() == photo.read_bytes() and world.owner(copy) == "SiteA/star1"
+    assert not apply(world, world.decisions).changed  # applied again: nothing changes
+    assert run("identify", folder, *argv) == 0
+    (again,) = json.loads((out / MATCHES_JSON).read_text())["queries"]
+    assert again["verdict"] == "known-photo" and again["known"][0]["identity"] == "SiteA/star1"

@@ -8,11 +8,12 @@ is written (``decisions_apply`` writes it):
 - ``unsure``: recorded, nothing else.
 
 Every row, whatever its decision, names a .jpg/.jpeg/.png photo that exists, and one photo gets one decision
-in a file. A photo placed from outside the catalogue's root is a copy under the root's ``.incoming`` folder
-(``incoming``). A photo that joined by an earlier decision moves when a later decision names another
-individual; a photo the star tree put in the catalogue is never relabelled here (move it in the tree). A
-photo whose very bytes are already a catalogue photo, or placed by an earlier row, is not added again; the
-same bytes never go to two individuals.
+in a file (a photo named by path, relative to the root or absolute, or by ``file:`` URI). A photo the
+catalogue cannot refer to where it is (outside the root, or a name that is not UTF-8) is placed as a copy
+under the root's ``.incoming`` folder (``incoming``). A photo that joined by an earlier decision moves when a
+later decision names another individual; a photo the star tree put in the catalogue is never relabelled here
+(move it in the tree). A photo whose very bytes are already a catalogue photo, or placed by an earlier row, is
+not added again; the same bytes never go to two individuals.
 
 An older decision never overrides a newer one: a ``confirm`` or ``new`` row whose photo the log holds a later
 decision for (by the decisions' own times, a row without one taking the time it was first applied; at equal
@@ -34,7 +35,7 @@ from megastarid.core.errors import UserError, quoted
 from megastarid.data.images import is_image_file
 from megastarid.identification.decisions_file import Decision, instant
 from megastarid.identification.incoming import Incoming
-from megastarid.identification.paths import INCOMING, relative_photo_path
+from megastarid.identification.paths import INCOMING, ref_path, relative_photo_path, storable
 from megastarid.identification.store import CatalogueStore
 from megastarid.models.embedder import file_sha256
 
@@ -119,18 +120,20 @@ class Planner:
         return UserError(f"{self.source}:{decision.line}: {message}")
 
     def photo(self, decision: Decision) -> tuple[str, str | None]:
-        """(absolute path, path relative to the root or None outside it) of a row's photo, whatever its
-        decision: a photo that exists."""
-        query = Path(decision.query).expanduser()
+        """(absolute path, path relative to the root) of a row's photo, whatever its decision: a photo that
+        exists; None for the relative path when the catalogue cannot refer to it where it is (outside the
+        root, or a name that is not UTF-8)."""
+        query = Path(ref_path(decision.query)).expanduser()
         path = os.path.abspath(query if query.is_absolute() else self.root / query)
         if not is_image_file(path):
             raise self.fail(decision, f"photo {path} is not a .jpg/.jpeg/.png photo")
         if not os.path.isfile(path):
             raise self.fail(decision, f"photo {path} does not exist (any more)")
         try:
-            return path, relative_photo_path(path, self.root)
+            rel = relative_photo_path(path, self.root)
         except UserError:
             return path, None
+        return path, (rel if storable(rel) else None)
 
     def hash(self, decision: Decision, path: str) -> str:
         try:
@@ -215,7 +218,7 @@ class Planner:
     def plan(self, decision: Decision) -> None:
         path, rel = self.photo(decision)
         sha = ""
-        if rel is None and decision.decision != "unsure":  # from outside the root: placed as a copy
+        if rel is None and decision.decision != "unsure":  # placed as a copy (``incoming``)
             sha = self.hash(decision, path)
             rel = self.copy_place(decision, path, sha)
         if decision.decision == "confirm":

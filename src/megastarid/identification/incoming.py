@@ -1,11 +1,13 @@
 """Photos from elsewhere into a catalogue's root: ``catalogue apply`` places a photo the catalogue cannot
-refer to where it is (outside the root) as a copy, byte for byte, under the root's hidden ``INCOMING``
-folder, where new dives belong (a tree build does not read it).
+refer to where it is (outside the root, or a name that is not UTF-8: the catalogue stores text) as a copy,
+byte for byte, under the root's hidden ``INCOMING`` folder, where new dives belong (a tree build does not
+read it).
 
 A copy keeps the photo's folders from the nearest one named by a date (its outing:
 ``/media/card/DCIM/2024-06-05/enc3/IMG_1.jpg`` -> ``.incoming/2024-06-05/enc3/IMG_1.jpg``), else its own
-folder, and its name; a name that other bytes hold already gets the photo's sha256 (16 hex digits) after
-its stem. The same bytes always find the same copy, so a file applied again copies nothing.
+folder, and its name, bytes that are not UTF-8 as U+FFFD; a name that other bytes hold already gets the
+photo's sha256 (16 hex digits) after its stem. The same bytes always find the same copy, so a file applied
+again copies nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from megastarid.models.embedder import file_sha256
 
 
 def _kept_parts(path: str) -> list[str]:
-    """The folders (from the nearest dated one, else the last) and name a copy of ``path`` keeps."""
-    *folders, name = Path(path).parts[1:]
+    """The folders (from the nearest dated one, else the last) and name a copy of ``path`` keeps, as UTF-8
+    text (bytes that are not UTF-8 become U+FFFD)."""
+    *folders, name = (os.fsencode(part).decode("utf-8", "replace") for part in Path(path).parts[1:])
     dated = [i for i, folder in enumerate(folders) if parse_folder_date(folder) is not None]
     start = dated[-1] if dated else max(len(folders) - 1, 0)
     return [*folders[start:], name]
