@@ -20,14 +20,12 @@ from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
-from megastarid.data.catalogue import examples
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.catalogue_model import catalogue_embedder
-from megastarid.identification.identify import collect_photos, identify_photos
+from megastarid.identification.identify import collect_photos, identify_photos, warn_outside_root
 from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
 from megastarid.identification.options import CatalogueModelOptions
-from megastarid.identification.paths import INCOMING, outside_root
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
 from megastarid.identification.store_schema import CALIBRATION, MODEL
@@ -63,22 +61,6 @@ class IdentifyOptions(CatalogueModelOptions):
         if self.top_k < 1:
             raise UserError(f"--top-k must be >= 1, got {self.top_k}")
         super().__post_init__()
-
-
-def warn_outside_root(photos: Sequence[str], root: Path | None) -> None:
-    """Say up front, in one line, that photos outside the catalogue's root are copied in when decided."""
-    outside = [] if root is None else outside_root(photos, root)
-    if root is not None and outside:
-        inbox = root / INCOMING
-        log.warning(
-            "%d photo(s) lie outside the catalogue root %s (%s): catalogue apply will copy those you decide "
-            "into %s; to keep one copy, move the dive there first (e.g. %s) and identify it again",
-            len(outside),
-            root,
-            examples(outside, 2),
-            inbox,
-            inbox / "DATE",
-        )
 
 
 def identify(options: IdentifyOptions) -> int:

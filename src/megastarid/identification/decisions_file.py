@@ -41,7 +41,7 @@ class Decision:
 
 def instant(text: str) -> dt.datetime:
     """The moment an ISO 8601 time or date names, in UTC (a time without a zone is taken as UTC); a
-    ``ValueError`` if ``text`` is none."""
+    ``ValueError`` if ``text`` names none."""
     stamp = dt.datetime.fromisoformat(text)
     return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
 

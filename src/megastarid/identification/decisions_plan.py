@@ -136,6 +136,7 @@ class Planner:
         return path, (rel if storable(rel) else None)
 
     def hash(self, decision: Decision, path: str) -> str:
+        """The photo's sha256; a photo that cannot be read is one line naming the row."""
         try:
             return file_sha256(path)
         except OSError as err:

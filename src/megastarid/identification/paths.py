@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from megastarid.core.errors import UserError
@@ -48,17 +47,6 @@ def escapes_root(rel: str) -> bool:
         or rel.endswith("/..")
         or "/../" in rel
     )
-
-
-def outside_root(paths: Iterable[str], root: Path) -> list[str]:
-    """Those of ``paths`` (absolute) that lie outside ``root``."""
-    outside = []
-    for path in paths:
-        try:
-            relative_photo_path(path, root)
-        except UserError:
-            outside.append(path)
-    return outside
 
 
 def storable(text: str) -> bool:
