@@ -142,7 +142,7 @@ def test_photos_given_relative_to_the_root_and_copies_of_catalogue_photos(world:
     assert world.owner(world.photos["encA"][0]) == "SiteA/star1" and world.owner(copy) is None
 
 
-def bad_cases(world: World, tmp_path: Path) -> list[tuple[list[tuple], str]]:
+def bad_cases(world: World) -> list[tuple[list[tuple], str]]:
     a, b = world.photos["encA"], world.photos["encB"]
     notes = world.dive / "notes.txt"
     notes.write_text("not a photo")
@@ -164,10 +164,10 @@ def bad_cases(world: World, tmp_path: Path) -> list[tuple[list[tuple], str]]:
 
 
 def test_a_bad_row_is_one_line_naming_file_and_line_and_nothing_is_applied(
-    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = world.state()
-    for rows, message in bad_cases(world, tmp_path):
+    for rows, message in bad_cases(world):
         write_decisions(world.decisions, rows)
         capsys.readouterr()
         assert run("catalogue", "apply", "--catalogue", world.catalogue, "--decisions", world.decisions) == 2
