@@ -6,87 +6,19 @@ is migrated when opened."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import make_star_tree, write_image
-from megastarid import cli
-from megastarid.data.readers import read_star_tree
-from megastarid.identification.build import build_catalogue
+from decisions_world import TIME, World, confirm_rows, run, write_decisions
 from megastarid.identification.decisions_apply import apply_decisions, outing_of
 from megastarid.identification.decisions_file import read_decisions
-from megastarid.identification.lineup import DECISION_COLUMNS
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
 from megastarid.identification.store_schema import SCHEMA_VERSION
-from megastarid.models.checkpoints import save_checkpoint
-from megastarid.models.embedder import checkpoint_embedder
-from megastarid.models.network import build_model
-
-LAYOUT = {
-    "SiteA": {
-        "star1": {"2024-03-01": 2, "2024-04-01": 2},
-        "star2": {"2024-03-01": 2, "2024-04-02": 1},
-    },
-    "SiteB": {"star3": {"2024-01-01": 2}},
-}
-TIME = "2024-06-02T10:00:00.000Z"
-
-
-def run(*argv: object) -> int:
-    return cli.main([str(arg) for arg in argv])
-
-
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.root = make_star_tree(tmp_path / "stars", LAYOUT, size=(40, 32))
-        torch.manual_seed(0)
-        self.checkpoint = tmp_path / "run" / "best.pth"
-        config = {"backbone": "test_resnet", "embedding_dim": 16, "image_size": 32}
-        save_checkpoint(self.checkpoint, build_model("test_resnet", embedding_dim=16), config)
-        self.catalogue = tmp_path / "archive.sqlite"
-        self.build()
-        self.dive = self.root / "dives" / "2024-06-01"
-        self.photos = {
-            name: [
-                write_image(self.dive / name / f"IMG_{i}.jpg", (40, 32), seed=100 + 10 * n + i)
-                for i in range(2)
-            ]
-            for n, name in enumerate(["encA", "encB", "encC", "encD"])
-        }
-        self.decisions = tmp_path / "decisions.csv"
-
-    def embedder(self):
-        return checkpoint_embedder(self.checkpoint, torch.device("cpu"))
-
-    def build(self) -> None:
-        with open_catalogue(self.catalogue, create=True) as store:
-            build_catalogue(store, read_star_tree(self.root), self.root, self.embedder(), progress=False)
-
-    def rows(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(self.catalogue) as con:
-            return con.execute(sql).fetchall()
-
-    def state(self) -> tuple:
-        return (
-            self.rows("SELECT path, individual_id, origin, sha256 FROM photos ORDER BY path"),
-            self.rows("SELECT name, first_seen, last_seen, num_photos FROM individuals ORDER BY name"),
-            self.rows("SELECT photo_id, vector FROM embeddings ORDER BY photo_id"),
-            self.rows("SELECT * FROM decisions ORDER BY id"),
-        )
-
-    def owner(self, photo: Path) -> str | None:
-        rel = photo.relative_to(self.root).as_posix()
-        found = self.rows(
-            f"SELECT i.name FROM photos p JOIN individuals i ON i.id = p.individual_id WHERE p.path = '{rel}'"
-        )
-        return found[0][0] if found else None
 
 
 @pytest.fixture
@@ -94,34 +26,11 @@ def world(tmp_path: Path) -> World:
     return World(tmp_path)
 
 
-def write_decisions(path: Path, rows: list[tuple[Path | str, str, str, str, str]]) -> Path:
-    """rows: (photo, encounter, decision, identity, note); time fixed."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(DECISION_COLUMNS)
-        for photo, encounter, decision, identity, note in rows:
-            writer.writerow([str(photo), encounter, decision, identity, note, TIME])
-    return path
-
-
-def confirm_rows(world: World) -> list[tuple[Path | str, str, str, str, str]]:
-    a, b, c, d = (world.photos[n] for n in ("encA", "encB", "encC", "encD"))
-    return [
-        (a[0], "encA", "confirm", "SiteA/star1", ""),
-        (a[1], "encA", "confirm", "SiteA/star1", "left arm regrowing"),
-        (b[0], "encB", "new", "Stella", ""),
-        (b[1], "encB", "new", "Stella", ""),
-        (c[0], "encC", "new", "", ""),
-        (c[1], "encC", "new", "", ""),
-        (d[0], "encD", "unsure", "", "too blurry"),
-    ]
-
-
 def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings(world: World) -> None:
     write_decisions(world.decisions, confirm_rows(world))
     with open_catalogue(world.catalogue) as store:
         report = apply_decisions(store, world.decisions, world.embedder)
-    assert report.effects == {"added": 6, "moved": 0, "already": 0, "recorded": 1}
+    assert report.effects == {"added": 6, "moved": 0, "already": 0, "recorded": 1, "superseded": 0}
     assert report.created == ["NEW-20240602-1", "Stella"] and report.audited == 7
     a, b, c, d = (world.photos[n] for n in ("encA", "encB", "encC", "encD"))
     assert [world.owner(p) for p in a + b + c] == ["SiteA/star1"] * 2 + ["Stella"] * 2 + [
@@ -200,7 +109,7 @@ def test_a_later_export_restates_earlier_decisions_changes_its_mind_and_adds_mor
     )
     with open_catalogue(world.catalogue) as store:
         report = apply_decisions(store, second, world.embedder)
-    assert report.effects == {"added": 1, "moved": 1, "already": 2, "recorded": 0}
+    assert report.effects == {"added": 1, "moved": 1, "already": 2, "recorded": 0, "superseded": 0}
     assert world.owner(a[0]) == "SiteA/star2"
     assert [world.owner(p) for p in c] == ["NEW-20240602-1"] * 2 and world.owner(d[0]) == "NEW-20240602-2"
     assert world.rows("SELECT num_photos FROM individuals WHERE name = 'SiteA/star1'") == [(4,)]
@@ -233,15 +142,16 @@ def test_photos_given_relative_to_the_root_and_copies_of_catalogue_photos(world:
     assert world.owner(world.photos["encA"][0]) == "SiteA/star1" and world.owner(copy) is None
 
 
-def bad_cases(world: World, tmp_path: Path) -> list[tuple[list[tuple], str]]:
+def bad_cases(world: World) -> list[tuple[list[tuple], str]]:
     a, b = world.photos["encA"], world.photos["encB"]
-    outside = write_image(tmp_path / "elsewhere" / "x.jpg")
+    notes = world.dive / "notes.txt"
+    notes.write_text("not a photo")
     gone = world.dive / "gone.jpg"
     good = (a[0], "encA", "confirm", "SiteA/star1", "")
     return [
         ([good, (a[1], "encA", "confirm", "SiteA/nobody", "")], ":3: individual 'SiteA/nobody' is not in"),
         ([good, (gone, "encX", "confirm", "SiteA/star1", "")], f":3: photo {gone} does not exist"),
-        ([good, (outside, "encX", "new", "", "")], f":3: photo {outside} is outside the catalogue root"),
+        ([good, (notes, "encX", "new", "", "")], f":3: photo {notes} is not a .jpg/.jpeg/.png photo"),
         ([good, (a[1], "encA", "maybe", "", "")], ":3: decision 'maybe' is not one of confirm, new, unsure"),
         ([good, (a[1], "encA", "confirm", "", "")], ":3: confirm needs the individual"),
         ([good, (b[0], "encB", "new", "SiteA/star2", "")], ":3: new individual 'SiteA/star2' is already"),
@@ -254,10 +164,10 @@ def bad_cases(world: World, tmp_path: Path) -> list[tuple[list[tuple], str]]:
 
 
 def test_a_bad_row_is_one_line_naming_file_and_line_and_nothing_is_applied(
-    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = world.state()
-    for rows, message in bad_cases(world, tmp_path):
+    for rows, message in bad_cases(world):
         write_decisions(world.decisions, rows)
         capsys.readouterr()
         assert run("catalogue", "apply", "--catalogue", world.catalogue, "--decisions", world.decisions) == 2

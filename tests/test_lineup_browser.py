@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from conftest import write_image
 from lineup_world import DIVE, HOSTILE_FILE, HOSTILE_FOLDER, HOSTILE_IDENTITY, World, make_world, run
 from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, MATCHES_JSON, SIGHTINGS_CSV
 from megastarid.data.dates import parse_folder_date
@@ -413,3 +414,33 @@ def test_round_trip_apply_identify_again_and_capture_histories(
     sightings = pd.read_csv(tmp_path / SIGHTINGS_CSV, dtype=str)
     stella = sightings[sightings["individual"] == STELLA]
     assert stella[["date", "outing", "photos"]].values.tolist() == [[DIVE, DIVE, "2"]]
+
+
+def test_a_photo_whose_name_is_not_utf8_is_exported_by_its_file_uri_and_applies(
+    lineup: Lineup, browser: Any, tmp_path: Path
+) -> None:
+    """A browser can only write such a name as U+FFFD: the page exports the file: URI apply reads back."""
+    world = lineup.world
+    folder = world.root / "dives" / "2024-06-09" / os.fsdecode(b"enc\xe9")
+    photo = write_image(folder / os.fsdecode(b"IMG_\xff.jpg"), (40, 32), seed=900)
+    out = tmp_path / "odd"
+    assert run("identify", folder, "--catalogue", world.catalogue, "--out", out, "--allow-uncalibrated") == 0
+    seen = open_page(browser, (out / LINEUP_HTML).as_uri())
+    seen.page.locator(".cand[data-rank='1'] button.confirm").first.click()
+    text = export(seen.page)
+    assert not seen.problems(), seen.problems()
+    seen.page.context.close()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(row["query"], row["encounter"]) for row in rows] == [(photo.as_uri(), folder.as_uri())]
+    catalogue = tmp_path / "archive.sqlite"  # a copy: the module's catalogue stays as the other tests expect
+    with sqlite3.connect(world.catalogue) as source, sqlite3.connect(catalogue) as target:
+        source.backup(target)
+    decisions = tmp_path / DECISIONS_CSV
+    decisions.write_text(text, encoding="utf-8")
+    try:
+        assert run("catalogue", "apply", "--catalogue", catalogue, "--decisions", decisions) == 0
+        copy = world.root / ".incoming" / "2024-06-09" / "enc\ufffd" / "IMG_\ufffd.jpg"
+        assert copy.read_bytes() == photo.read_bytes()
+    finally:
+        shutil.rmtree(world.root / ".incoming", ignore_errors=True)
+        shutil.rmtree(folder.parent)

@@ -242,8 +242,8 @@ APPLY_DESCRIPTION = (
     "Apply the lineup's decisions (decisions.csv, exported by lineup.html) to a catalogue, without "
     "retraining: confirmed photos join their individual (embedded with the catalogue's model), new "
     "individuals are made (the given name, else NEW-<YYYYMMDD>-<n>), unsure ones are only recorded. Every "
-    "decision goes into the catalogue's log; any bad row and nothing of the file is applied; applying a "
-    "file again changes nothing."
+    "decision goes into the catalogue's log; any bad row and nothing of the file is applied; an older "
+    "decision never overrides a newer one, so applying a file again changes nothing."
 )
 LOG_DESCRIPTION = (
     "List the decisions applied to a catalogue: time, source file and line, decision, photo, individual."

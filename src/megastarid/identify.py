@@ -22,7 +22,7 @@ from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.catalogue_model import catalogue_embedder
-from megastarid.identification.identify import collect_photos, identify_photos
+from megastarid.identification.identify import collect_photos, identify_photos, warn_outside_root
 from megastarid.identification.lineup import write_lineup
 from megastarid.identification.matches import matches_document, terminal_table, write_matches
 from megastarid.identification.options import CatalogueModelOptions
@@ -81,6 +81,7 @@ def identify(options: IdentifyOptions) -> int:
                 f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
                 "--allow-uncalibrated for rankings without verdicts"
             )
+        warn_outside_root(photos, store.root)
         index = load_index(store)
         embedder = catalogue_embedder(record, options, device)
         log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))

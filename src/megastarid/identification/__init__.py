@@ -6,6 +6,7 @@ checkpoint's embeddings or a bare backbone's (zero-shot) alike, made by ``models
 
 The catalogue file: ``store_schema`` (its format), ``store_open`` (opening, creating, migrating), ``store``
 (its queries), ``store_index`` (read for search). Lineup decisions go back into it by ``decisions_file``
-(reading a file), ``decisions_plan`` (what each row does) and ``decisions_apply``; ``decisions_log`` lists
-them.
+(reading a file), ``decisions_plan`` (what each row does, ``incoming`` placing photos from elsewhere as
+copies under the root) and ``decisions_apply``; ``decisions_log`` lists them. ``names`` is the rule every
+individual's name keeps, wherever it enters; ``paths`` how photo paths are stored and named.
 """

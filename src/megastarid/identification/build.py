@@ -31,8 +31,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from megastarid.core.errors import UserError
+from megastarid.core.errors import UserError, quoted
 from megastarid.data.catalogue import examples
+from megastarid.identification.names import name_fault, printable
 from megastarid.identification.paths import relative_photo_path
 from megastarid.identification.store import CatalogueStore, PhotoRecord, now
 from megastarid.identification.store_schema import MODEL, ROOT, UPDATED
@@ -101,12 +102,13 @@ def build_catalogue(
     """Make ``store`` hold exactly the photos of ``table`` (a star catalogue read from under ``root``)
     with ``embedder``'s embeddings; see the module docstring."""
     root = Path(os.path.abspath(root))
+    source = _wanted(table, root)  # every name checked before anything is written
     _claim(store, root, embedder.fingerprint, embedder.record(), rebuild)
     # photos that joined by a lineup decision (catalogue apply) belong to their decisions: a build neither
     # relabels them (a dive folder under the root reads as a bogus tree individual) nor drops them while
     # their files exist
     joined = store.decision_photo_paths()
-    wanted = {rel: item for rel, item in _wanted(table, root).items() if rel not in joined}
+    wanted = {rel: item for rel, item in source.items() if rel not in joined}
     existing = store.photo_records()
     report = BuildReport()
     pending: list[tuple[str, PhotoRecord]] = []
@@ -176,7 +178,8 @@ def _claim(
 
 
 def _wanted(table: pd.DataFrame, root: Path) -> dict[str, tuple[str, PhotoRecord]]:
-    """Each photo of the source table by relative path: (absolute path, record without hash or size)."""
+    """Each photo of the source table by relative path: (absolute path, record without hash or size); a
+    name that breaks the name rule (``names``) is one line naming its photo."""
     wanted: dict[str, tuple[str, PhotoRecord]] = {}
     for row in table.itertuples(index=False):
         path = str(row.path)
@@ -190,11 +193,18 @@ def _wanted(table: pd.DataFrame, root: Path) -> dict[str, tuple[str, PhotoRecord
         except OSError as err:
             log.warning("skipped %s: %s", path, err.strerror or err)
             continue
+        identity = str(row.identity)
+        fault = name_fault(identity)
+        if fault is not None:
+            raise UserError(
+                f"photo {printable(path)}: its individual name {quoted(identity)} {fault}: rename it in the "
+                "star tree (or the star CSV)"
+            )
         wanted[rel] = (
             path,
             PhotoRecord(
                 path=rel,
-                identity=str(row.identity),
+                identity=identity,
                 outing=str(row.folder),
                 date=iso_date(row.date),
                 dataset=str(row.dataset),

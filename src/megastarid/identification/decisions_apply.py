@@ -2,13 +2,14 @@
 
 A decisions file (``decisions_file``) is planned row by row (``decisions_plan``), then applied all in one
 transaction (any bad row, and nothing of the file is applied): the photos to add are embedded with the
-catalogue's own model (or not at all, when the catalogue already holds those bytes), and every row goes into
-the audit table (``decisions``) with the time, the file, its sha256 and line, and what it changed
-(``effect``: ``added``, ``moved``, ``already``, ``recorded``).
+catalogue's own model (or not at all, when the catalogue already holds those bytes), those from outside the
+root copied under its ``.incoming`` folder (``incoming``; the copies removed again if the apply fails), and
+every row goes into the audit table (``decisions``) with the time, the file, its sha256 and line, and what it
+changed (``effect``: ``added``, ``moved``, ``already``, ``recorded``, ``superseded``).
 
-Applying the same file again changes nothing: its rows are already in the audit table and their photos
-already where they say. Photos that joined by a decision are kept by later builds
-(``photos.origin = 'decision'``).
+Applying the same file again changes nothing: its rows are already in the audit table, and their photos are
+where they say unless a later decision moved them (an older decision never overrides a newer one). Photos
+that joined by a decision are kept by later builds (``photos.origin = 'decision'``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from megastarid.data.dates import parse_folder_date
 from megastarid.identification.build import image_dims, iso_date
 from megastarid.identification.decisions_file import read_decisions
 from megastarid.identification.decisions_plan import DECISION_ORIGIN, EFFECTS, PlannedPhoto, Planner
+from megastarid.identification.incoming import copied_in
+from megastarid.identification.paths import INCOMING
 from megastarid.identification.store import CatalogueStore, PhotoRecord, now
 from megastarid.identification.store_schema import UPDATED
 from megastarid.models.embedder import Embedder, file_sha256
@@ -41,6 +44,8 @@ class ApplyReport:
     confirmed: int = 0  # photos confirmed (added, moved or already there)
     created: list[str] = field(default_factory=list)  # new individuals made
     audited: int = 0  # audit rows written (0 when the file was applied before)
+    copied: int = 0  # photos from outside the root added as copies under ``incoming``
+    incoming: str = ""
 
     @property
     def changed(self) -> bool:
@@ -57,6 +62,8 @@ class ApplyReport:
             f"{self.source}: {self.rows} decisions: {e['added']} photo(s) added, {e['moved']} moved, "
             f"{e['already']} already in place, {e['recorded']} unsure recorded; {len(self.created)} new "
             f"individual(s){created}"
+            + (f"; {self.copied} copied into {self.incoming}" if self.copied else "")
+            + (f"; {e['superseded']} superseded by a later decision" if e["superseded"] else "")
         )
 
 
@@ -109,13 +116,67 @@ def _embed(planner: Planner, embedder: Callable[[], Embedder]) -> list[bytes]:
     adds = planner.adds
     if not adds:
         return []
-    vectors = embedder().embed([photo.path for photo in adds])
+    vectors = embedder().embed([photo.source for photo in adds])
     blobs = []
     for photo, vector in zip(adds, vectors, strict=True):
         if np.isnan(vector).any():
-            raise planner.fail(photo.decision, f"cannot read photo {photo.path} (not a readable image)")
+            raise planner.fail(photo.decision, f"cannot read photo {photo.source} (not a readable image)")
         blobs.append(np.ascontiguousarray(vector, dtype=np.float32).tobytes())
     return blobs
+
+
+def _place(store: CatalogueStore, planner: Planner, blobs: list[bytes]) -> None:
+    """Add and move the planned photos (the copies from outside the root are in place), recount their
+    individuals."""
+    con = store.con
+    labels = {name: _labels(con, name) for name in {photo.identity for photo in planner.adds}}
+    store.add_photos([_record(photo, labels[photo.identity]) for photo in planner.adds], blobs)
+    con.executemany(
+        f"UPDATE photos SET origin = '{DECISION_ORIGIN}' WHERE path = ?", [(p.rel,) for p in planner.adds]
+    )
+    for photo in planner.moves:
+        con.execute("INSERT OR IGNORE INTO individuals(name) VALUES(?)", (photo.identity,))
+        con.execute(
+            "UPDATE photos SET individual_id = (SELECT id FROM individuals WHERE name = ?) WHERE path = ?",
+            (photo.identity, photo.rel),
+        )
+    touched = [p.identity for p in [*planner.adds, *planner.moves]] + [
+        p.old_identity for p in planner.moves if p.old_identity
+    ]
+    store.refresh_individuals(touched)
+
+
+def _audit(store: CatalogueStore, planner: Planner, report: ApplyReport, source: str, sha: str) -> str:
+    """Count each row's effect and log the rows not logged before; returns the time they were applied."""
+    con = store.con
+    done = {row[0] for row in con.execute("SELECT line FROM decisions WHERE source_sha256 = ?", (sha,))}
+    applied = now()
+    for decision, rel, identity, effect in planner.effects:
+        report.effects[effect] += 1
+        if decision.decision == "confirm":
+            report.confirmed += 1
+        if decision.line in done:
+            continue
+        con.execute(
+            "INSERT INTO decisions(applied, source, source_sha256, line, decided, decision, query, "
+            "photo, encounter, identity, note, effect) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                applied,
+                source,
+                sha,
+                decision.line,
+                decision.time,
+                decision.decision,
+                decision.query,
+                rel,
+                decision.encounter,
+                identity,
+                decision.note,
+                effect,
+            ),
+        )
+        report.audited += 1
+    return applied
 
 
 def apply_decisions(store: CatalogueStore, path: Path, embedder: Callable[[], Embedder]) -> ApplyReport:
@@ -126,60 +187,20 @@ def apply_decisions(store: CatalogueStore, path: Path, embedder: Callable[[], Em
         sha = file_sha256(path)
     except OSError as err:
         raise UserError(f"cannot read decisions file {path}: {err.strerror or err}") from None
-    source = os.path.abspath(path)
     report = ApplyReport(str(path), rows=len(decisions))
-    with store.transaction() as con:
-        planner = Planner(store, path)
+    with store.transaction():
+        planner = Planner(store, path, sha)
         for decision in decisions:
             planner.plan(decision)
         blobs = _embed(planner, embedder)
-        labels = {name: _labels(con, name) for name in {photo.identity for photo in planner.adds}}
-        records = [_record(photo, labels[photo.identity]) for photo in planner.adds]
-        store.add_photos(records, blobs)
-        con.executemany(
-            f"UPDATE photos SET origin = '{DECISION_ORIGIN}' WHERE path = ?", [(p.rel,) for p in planner.adds]
-        )
-        for photo in planner.moves:
-            con.execute("INSERT OR IGNORE INTO individuals(name) VALUES(?)", (photo.identity,))
-            con.execute(
-                "UPDATE photos SET individual_id = (SELECT id FROM individuals WHERE name = ?) "
-                "WHERE path = ?",
-                (photo.identity, photo.rel),
+        copies = [(photo.source, Path(photo.path)) for photo in planner.adds if photo.source != photo.path]
+        report.copied, report.incoming = len(copies), str(planner.root / INCOMING)
+        with copied_in(copies):  # removed again if anything below fails
+            _place(store, planner, blobs)
+            applied = _audit(store, planner, report, os.path.abspath(path), sha)
+            report.created = sorted(
+                {p.identity for p in [*planner.adds, *planner.moves] if p.identity in planner.planned_new}
             )
-        touched = [p.identity for p in [*planner.adds, *planner.moves]] + [
-            p.old_identity for p in planner.moves if p.old_identity
-        ]
-        store.refresh_individuals(touched)
-        done = {row[0] for row in con.execute("SELECT line FROM decisions WHERE source_sha256 = ?", (sha,))}
-        applied = now()
-        for decision, rel, identity, effect in planner.effects:
-            report.effects[effect] += 1
-            if decision.decision == "confirm":
-                report.confirmed += 1
-            if decision.line in done:
-                continue
-            con.execute(
-                "INSERT INTO decisions(applied, source, source_sha256, line, decided, decision, query, "
-                "photo, encounter, identity, note, effect) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    applied,
-                    source,
-                    sha,
-                    decision.line,
-                    decision.time,
-                    decision.decision,
-                    decision.query,
-                    rel,
-                    decision.encounter,
-                    identity,
-                    decision.note,
-                    effect,
-                ),
-            )
-            report.audited += 1
-        report.created = sorted(
-            {p.identity for p in [*planner.adds, *planner.moves] if p.identity in planner.planned_new}
-        )
-        if report.changed:
-            store.set_meta(UPDATED, applied)
+            if report.changed:
+                store.set_meta(UPDATED, applied)
     return report

@@ -4,7 +4,10 @@ catalogue apply``.
 One row per photo, columns ``query`` (the photo: absolute, or relative to the catalogue's root),
 ``encounter``, ``decision`` (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or
 the new individual's name, may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made).
-UTF-8, a header line, RFC 4180 quoting; other columns are ignored.
+UTF-8, a header line, RFC 4180 quoting; other columns are ignored. The photo, encounter and individual are
+kept exactly as written (a file or an individual may be named with a space at either end), the decision,
+note and time without surrounding spaces; an individual's name, whatever the decision, keeps the name rule
+(``names``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.identification.names import name_fault
 
 DECISIONS = ("confirm", "new", "unsure")
 #: columns a decisions file must have (``encounter``, ``identity``, ``note``, ``time`` may be left out)
@@ -35,10 +39,11 @@ class Decision:
     time: str | None
 
 
-def _iso_time(text: str) -> str:
-    """``text`` if it is an ISO 8601 time or date, else a ``ValueError``."""
-    dt.datetime.fromisoformat(text)
-    return text
+def instant(text: str) -> dt.datetime:
+    """The moment an ISO 8601 time or date names, in UTC (a time without a zone is taken as UTC); a
+    ``ValueError`` if ``text`` names none."""
+    stamp = dt.datetime.fromisoformat(text)
+    return stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
 
 
 def read_decisions(path: Path) -> list[Decision]:
@@ -79,7 +84,8 @@ def read_decisions(path: Path) -> list[Decision]:
     for number, fields in rows[1:]:
         if len(fields) != len(columns):
             raise UserError(f"{path}:{number}: {len(fields)} fields, the header has {len(columns)}")
-        value = {name: fields[index].strip() for name, index in where.items()}
+        raw = {name: fields[index] for name, index in where.items()}
+        value = {name: cell.strip() for name, cell in raw.items()}
         decision = value["decision"].lower()
         if decision not in DECISIONS:
             raise UserError(
@@ -87,20 +93,24 @@ def read_decisions(path: Path) -> list[Decision]:
             )
         if not value["query"]:
             raise UserError(f"{path}:{number}: no photo in the query column")
-        identity = value.get("identity", "")
+        # names and paths as written (a name or a folder may end in a space); a blank name is no name
+        identity = raw.get("identity", "") if value.get("identity") else ""
         if decision == "confirm" and not identity:
             raise UserError(f"{path}:{number}: confirm needs the individual in the identity column")
+        fault = name_fault(identity) if identity else None
+        if fault is not None:
+            raise UserError(f"{path}:{number}: individual name {quoted(identity)} {fault}")
         time = value.get("time") or None
         if time is not None:
             try:
-                _iso_time(time)
+                instant(time)
             except ValueError:
                 raise UserError(f"{path}:{number}: time {quoted(time)} is not an ISO 8601 time") from None
         decisions.append(
             Decision(
                 number,
-                fields[where["query"]],  # a file name may begin or end with a space: kept as written
-                value.get("encounter", ""),
+                raw["query"],
+                raw.get("encounter", ""),
                 decision,
                 identity,
                 value.get("note", ""),

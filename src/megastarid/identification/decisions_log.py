@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from megastarid.identification.names import printable
 from megastarid.identification.store import CatalogueStore
 
 LOG_COLUMNS = (
@@ -21,15 +22,16 @@ def decision_log(store: CatalogueStore) -> list[dict[str, Any]]:
 
 
 def log_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """``catalogue log``'s table: time, source (file:line), decision, query, identity, effect."""
+    """``catalogue log``'s table: time, source (file:line), decision, query, identity, effect; one line per
+    decision, whatever the names (``names.printable``)."""
     header = ("time", "source", "decision", "query", "identity", "effect")
     table = [header] + [
         (
             e["applied"],
-            f"{os.path.basename(e['source'])}:{e['line']}",
+            printable(f"{os.path.basename(e['source'])}:{e['line']}"),
             e["decision"],
-            e["photo"] or e["query"],
-            e["identity"] or "-",
+            printable(e["photo"] or e["query"]),
+            printable(e["identity"]) or "-",
             e["effect"],
         )
         for e in entries

@@ -39,6 +39,7 @@ from megastarid.data.readers import list_files
 from megastarid.evaluation.individuals import IndividualRanking
 from megastarid.evaluation.openset import Calibration
 from megastarid.identification.index import CatalogueIndex
+from megastarid.identification.paths import INCOMING, relative_photo_path
 from megastarid.identification.store import CatalogueStore
 from megastarid.models.embedder import Embedder, file_sha256
 
@@ -122,6 +123,30 @@ def collect_photos(inputs: Sequence[Path]) -> list[str]:
     if not photos:
         raise UserError("no photos given")
     return list(photos)
+
+
+def warn_outside_root(photos: Sequence[str], root: Path | None) -> None:
+    """Say up front, in one line, that photos outside the catalogue's root (``catalogue apply`` cannot
+    refer to them there) are copied under it when decided, and how to keep one copy."""
+    if root is None:
+        return
+    outside = []
+    for photo in photos:
+        try:
+            relative_photo_path(photo, root)
+        except UserError:
+            outside.append(photo)
+    if outside:
+        inbox = root / INCOMING
+        log.warning(
+            "%d photo(s) lie outside the catalogue root %s (%s): catalogue apply will copy those you decide "
+            "into %s; to keep one copy, move the dive there first (e.g. %s) and identify it again",
+            len(outside),
+            root,
+            examples(outside, 2),
+            inbox,
+            inbox / "DATE",
+        )
 
 
 def encounter_of(photo: str, encounter_by: str) -> str:

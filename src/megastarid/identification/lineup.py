@@ -10,7 +10,8 @@ runs only its own script, by hash), thumbnails in the sibling folder ``thumbs/``
   filters by verdict.
 - Decisions (confirm candidate N, new individual with an optional name, unsure, a note) are kept in the
   browser's localStorage under a key made from the matches document (two lineups never mix) and exported
-  as ``decisions.csv`` (``DECISION_COLUMNS``; one row per photo of each decided query) with a Blob download;
+  as ``decisions.csv`` (``DECISION_COLUMNS``; one row per photo of each decided query, photos and encounters
+  as ``paths.path_ref`` names them, so a name that is not UTF-8 survives) with a Blob download;
   ``megastarid catalogue apply`` reads that file.
 - Data reaches the page as JSON inside ``<script type="application/json">`` with ``<``, ``>``, ``&``, U+2028
   and U+2029 escaped (``script_json``), so no file name can close the script; the page builds its DOM with
@@ -41,6 +42,7 @@ from megastarid.core.files import atomic_write, atomic_write_text
 from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, THUMBS_DIR
 from megastarid.data.catalogue import examples
 from megastarid.data.images import BadImageError, load_rgb
+from megastarid.identification.paths import path_ref
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def _photo(item: dict[str, Any], thumbs: dict[str, str | None]) -> dict[str, Any
     path = item["path"]
     return {
         "path": path,
+        "ref": path_ref(path),
         "name": os.path.basename(path),
         "thumb": thumbs.get(path),
         "url": Path(path).as_uri(),
@@ -183,6 +186,7 @@ def lineup_data(document: dict[str, Any], thumbs: dict[str, str | None]) -> dict
             {
                 "id": query["id"],
                 "encounter": query["encounter"],
+                "encounter_ref": path_ref(query["encounter"]),
                 "verdict": query["verdict"],
                 "photos": [_photo(photo, thumbs) for photo in query["photos"]],
                 "candidates": candidates,

@@ -1,11 +1,23 @@
-"""Photo paths as a catalogue stores them: relative to its root, ``/``-separated, never outside the root."""
+"""Photo paths as a catalogue stores them: relative to its root, ``/``-separated, never outside the root; the
+hidden folder under the root where photos from elsewhere are copied in (``INCOMING``); and how the lineup's
+decisions.csv names a photo (``path_ref``, read back by ``ref_path``).
+
+Linux file names are bytes, and Python holds those that are not UTF-8 with ``surrogateescape``: such a name
+cannot be written as text (a browser writes U+FFFD instead), so decisions.csv names it by its ``file:`` URI,
+the exact bytes percent-encoded; every other path, as it is."""
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path, PurePosixPath
 
 from megastarid.core.errors import UserError
+
+#: the folder under a catalogue's root for new dives (hidden: a tree build does not read it); ``catalogue
+#: apply`` copies the photos it places from outside the root there
+INCOMING = ".incoming"
+_FILE_URI = "file:///"
 
 
 def relative_photo_path(path: str | os.PathLike[str], root: Path) -> str:
@@ -35,3 +47,24 @@ def escapes_root(rel: str) -> bool:
         or rel.endswith("/..")
         or "/../" in rel
     )
+
+
+def storable(text: str) -> bool:
+    """Whether ``text`` (a path) can be written as UTF-8 text: no bytes held by ``surrogateescape``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def path_ref(path: str) -> str:
+    """How decisions.csv names an absolute path: as it is, or, when it is not UTF-8, its ``file:`` URI."""
+    return path if storable(path) else Path(path).as_uri()
+
+
+def ref_path(ref: str) -> str:
+    """The path a decisions.csv cell names: a ``file:///`` URI decoded to the very bytes, else ``ref``."""
+    if not ref.startswith(_FILE_URI):
+        return ref
+    return os.fsdecode(urllib.parse.unquote_to_bytes(ref[len(_FILE_URI) - 1 :]))

@@ -281,7 +281,8 @@
       queries += 1;
       const note = saved.notes[String(query.id)] || "";
       for (const photo of query.photos) {
-        const row = { query: photo.path, encounter: query.encounter, decision: record.decision,
+        // ref: the path, or for a name that is not UTF-8 its file: URI (a lone surrogate would export as U+FFFD)
+        const row = { query: photo.ref, encounter: query.encounter_ref, decision: record.decision,
           identity: identityOf(record), note: note, time: record.time };
         lines.push(data.columns.map((column) => csvField(row[column])).join(","));
       }
