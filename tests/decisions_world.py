@@ -85,12 +85,15 @@ class World:
 
 
 def write_decisions(path: Path, rows: Sequence[Sequence[Path | str]], time: str = TIME) -> Path:
-    """rows: (photo, encounter, decision, identity, note[, time]); ``time`` where a row gives none."""
+    """rows: (photo, encounter, decision, identity, note[, time[, query_id]]); ``time`` where a row gives
+    none."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(DECISION_COLUMNS)
-        for photo, encounter, decision, identity, note, *when in rows:
-            writer.writerow([str(photo), encounter, decision, identity, note, *(when or [time])])
+        for photo, encounter, decision, identity, note, *rest in rows:
+            when = rest[0] if rest else time
+            query_id = rest[1] if len(rest) > 1 else ""
+            writer.writerow([str(photo), encounter, decision, identity, note, when, query_id])
     return path
 
 

@@ -270,8 +270,8 @@ def test_a_schema_1_catalogue_is_migrated_when_opened(world: World) -> None:
         con.execute("PRAGMA user_version = 1")
     before = world.rows("SELECT path, sha256 FROM photos ORDER BY path")
     with open_catalogue(world.catalogue) as store:
-        assert store.summary()["schema_version"] == SCHEMA_VERSION == 2
-    assert world.rows("PRAGMA user_version") == [(2,)]
+        assert store.summary()["schema_version"] == SCHEMA_VERSION == 3
+    assert world.rows("PRAGMA user_version") == [(3,)]
     assert world.rows("SELECT path, sha256 FROM photos ORDER BY path") == before
     assert {row[0] for row in world.rows("SELECT origin FROM photos")} == {"build"}
     write_decisions(world.decisions, confirm_rows(world))

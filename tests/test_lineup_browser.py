@@ -176,7 +176,9 @@ def expected_csv(lineup: Lineup, decisions: dict[str, tuple[str, str, str]]) -> 
             continue
         decision, identity, note = decisions[folder]
         for photo in query["photos"]:
-            writer.writerow([photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO])
+            writer.writerow(
+                [photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO, query["id"]]
+            )
     return buffer.getvalue()
 
 

@@ -1,10 +1,11 @@
-"""``megastarid catalogue <build|info|apply|log|captures>``: the catalogue of known individuals (one SQLite
-file).
+"""``megastarid catalogue <build|info|apply|log|captures|evaluate|calibrate>``: the catalogue of known
+individuals (one SQLite file).
 
 ``build`` embeds every photo of a star_dataset tree or CSV with a trained checkpoint (or, zero-shot, a
 bare backbone) and stores the open-set calibration; reruns only embed new or changed photos.
 ``info`` says what a catalogue holds. ``apply`` brings the lineup's decisions (decisions.csv) into it,
-``log`` lists the decisions applied, ``captures`` writes capture histories for mark-recapture.
+``log`` lists the decisions applied, ``captures`` writes capture histories for mark-recapture;
+``evaluate`` scores identify's proposals against those decisions, ``calibrate`` refits τ and P on them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ from megastarid.identification.calibrate import (
 )
 from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
 from megastarid.identification.catalogue_model import catalogue_embedder
+from megastarid.identification.decision_history import (
+    calibrate_from_decisions,
+    decided_answers,
+    evaluate_decisions,
+    summary_lines,
+    write_evaluation,
+)
 from megastarid.identification.decisions_apply import apply_decisions
 from megastarid.identification.decisions_log import decision_log, log_lines
 from megastarid.identification.options import CatalogueModelOptions
@@ -248,6 +256,15 @@ APPLY_DESCRIPTION = (
 LOG_DESCRIPTION = (
     "List the decisions applied to a catalogue: time, source file and line, decision, photo, individual."
 )
+EVALUATE_DESCRIPTION = (
+    "Score identify's proposals against the lab's own decisions (applied with --matches): CMC@1/5 of the "
+    "confirmed individual, false-match rate, precision and recall of new, ECE of P, each with a 95% "
+    "bootstrap interval over individuals; overall and per model, as JSON, CSV and a reliability plot."
+)
+CALIBRATE_DESCRIPTION = (
+    "Refit tau and P on the lab's decisions of the catalogue's model (20 or more decided queries, both "
+    "confirmed and new, both right and wrong top individuals); identify then uses it."
+)
 CAPTURES_DESCRIPTION = (
     "Write capture histories for mark-recapture: the individual x occasion 0/1 matrix (occasions in time "
     "order) as CSV or as a Program MARK .inp file, and sightings.csv (individual, date, outing, photos) "
@@ -260,7 +277,9 @@ class ApplyOptions(CatalogueModelOptions):
     """Which decisions, into which catalogue; confirmed photos are embedded with its model."""
 
     decisions: Path
-    """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time)"""
+    """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time, ...)"""
+    matches: Path | None = None
+    """identify's matches.json the decisions answer: its proposals are logged with them (for evaluate)"""
 
 
 def apply(options: ApplyOptions) -> int:
@@ -276,7 +295,7 @@ def apply(options: ApplyOptions) -> int:
                 )
             return catalogue_embedder(record, options, device)
 
-        report = apply_decisions(store, options.decisions, embedder)
+        report = apply_decisions(store, options.decisions, embedder, options.matches)
     print(report.line())
     return 0
 
@@ -352,12 +371,59 @@ def captures_main(argv: Sequence[str] | None = None) -> int:
     )
 
 
+@dataclass(kw_only=True)
+class EvaluateOptions(Options):
+    """Which catalogue's decisions, since when, from which model; where the report goes."""
+
+    catalogue: Path
+    """the catalogue file"""
+    out: Path
+    """folder for decisions_evaluation.json / .csv and decisions_reliability.png"""
+    since: str | None = None
+    """only decisions made on or after this ISO date or time"""
+    model: str | None = None
+    """only the proposals of this model (its 12-character key, as in the report's models)"""
+
+
+def evaluate(options: EvaluateOptions) -> int:
+    """Score identify's proposals against the lab's decisions (``decision_history``)."""
+    with open_catalogue(options.catalogue) as store, store.snapshot():
+        answers = decided_answers(store, options.since, options.model)
+        document = evaluate_decisions(answers, store, options.since)
+    paths = write_evaluation(document, answers, options.out)
+    print("\n".join([*summary_lines(document), *(str(p) for p in paths)]))
+    return 0
+
+
+@dataclass(kw_only=True)
+class CalibrateOptions(Options):
+    """Which catalogue to recalibrate on its decisions."""
+
+    catalogue: Path
+    """the catalogue file"""
+    accept: float | None = None
+    """P at or above which a verdict is match (default: the current calibration's)"""
+
+
+def calibrate(options: CalibrateOptions) -> int:
+    with open_catalogue(options.catalogue) as store:
+        entry = calibrate_from_decisions(store, options.accept)
+    print(f"calibration: {describe(entry)}")
+    return 0
+
+
 SUBCOMMANDS = {
     "build": build_main,
     "info": info_main,
     "apply": apply_main,
     "log": log_main,
     "captures": captures_main,
+    "evaluate": lambda argv: evaluate(
+        parse_options(EvaluateOptions, argv, "megastarid catalogue evaluate", EVALUATE_DESCRIPTION)
+    ),
+    "calibrate": lambda argv: calibrate(
+        parse_options(CalibrateOptions, argv, "megastarid catalogue calibrate", CALIBRATE_DESCRIPTION)
+    ),
 }
 
 

@@ -11,6 +11,10 @@ Where it comes from, in order:
    isotonic map on both. This is honest for a model that never saw these photos (zero-shot); for a model
    trained on them it is optimistic, and ``catalogue info`` says so.
 
+``megastarid catalogue calibrate`` replaces any of them by one fitted on the lab's own decisions
+(``decision_history``); a rebuild keeps it while the model is the same, unless ``--calibration FILE``
+is given.
+
 With too few photos to fit one (fewer than ``MIN_CALIBRATION_QUERIES`` answers with both right and wrong
 ones), the catalogue records why, and ``identify`` refuses with one line saying how to get one (or gives
 unverified rankings with ``--uncalibrated``).
@@ -18,6 +22,7 @@ unverified rankings with ``--uncalibrated``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -42,7 +47,7 @@ from megastarid.evaluation.star import EMBEDDED_KEYS
 from megastarid.identification.index import CatalogueIndex
 from megastarid.identification.store import CatalogueStore
 from megastarid.identification.store_index import load_index
-from megastarid.identification.store_schema import CALIBRATION
+from megastarid.identification.store_schema import CALIBRATION, MODEL
 from megastarid.models.embedder import ModelFingerprint
 
 log = logging.getLogger(__name__)
@@ -56,11 +61,19 @@ SOURCES = {
     "file": "given with --calibration",
     "checkpoint": "calibration.json of the checkpoint's run (fitted on its validation side)",
     "catalogue": "fitted on the catalogue itself (each individual's latest outing against the rest)",
+    "decisions": "fitted on the lab's own decisions (catalogue calibrate)",
 }
 OPTIMISTIC = (
     "fitted on the catalogue's own photos: honest for a model that never saw them (zero-shot), optimistic "
     "for one trained on them"
 )
+
+
+def model_key(fingerprint: Any) -> str:
+    """A short name for a model fingerprint (the same model, the same key): which model a proposal or a
+    calibration from decisions belongs to."""
+    text = json.dumps(fingerprint, sort_keys=True)
+    return "none" if fingerprint is None else hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def read_calibration(path: Path) -> Calibration:
@@ -178,12 +191,23 @@ def update_calibration(
 ) -> dict[str, Any]:
     """Store the calibration a build ends with (see the module docstring) and return the stored entry:
     ``given`` (from ``source`` "file" or "checkpoint", read from ``path``), else the one fitted on the
-    catalogue, refitted when the catalogue ``changed`` or ``accept`` moved. With ``accept`` the accept level
-    of any calibration is set to it."""
+    catalogue, refitted when the catalogue ``changed`` or ``accept`` moved. One fitted on the lab's
+    decisions for this very model is kept unless a file is given (a checkpoint's own is older news). With
+    ``accept`` the accept level of any calibration is set to it."""
     current = store.meta(CALIBRATION)
-    if given is not None:
+    from_decisions = (
+        current is not None
+        and current.get("source") == "decisions"
+        and current["calibration"]["fitted_on"].get("model")
+        == model_key((store.meta(MODEL) or {}).get("fingerprint"))
+    )
+    if from_decisions and source != "file":
+        if accept is None or current["calibration"]["accept"] == accept:
+            return current
+        entry: dict[str, Any] = {**current, "calibration": {**current["calibration"], "accept": accept}}
+    elif given is not None:
         calibration = given if accept is None else replace(given, accept=accept)
-        entry: dict[str, Any] = {
+        entry = {
             "source": source,
             "path": None if path is None else str(path),
             "calibration": calibration.to_dict(),

@@ -5,7 +5,8 @@ transaction (any bad row, and nothing of the file is applied): the photos to add
 catalogue's own model (or not at all, when the catalogue already holds those bytes), those from outside the
 root copied under its ``.incoming`` folder (``incoming``; the copies removed again if the apply fails), and
 every row goes into the audit table (``decisions``) with the time, the file, its sha256 and line, and what it
-changed (``effect``: ``added``, ``moved``, ``already``, ``recorded``, ``superseded``).
+changed (``effect``: ``added``, ``moved``, ``already``, ``recorded``, ``superseded``), with the query it
+answered and, given identify's ``matches.json``, what identify proposed for it (``decisions_proposals``).
 
 Applying the same file again changes nothing: its rows are already in the audit table, and their photos are
 where they say unless a later decision moved them (an older decision never overrides a newer one). Photos
@@ -27,6 +28,7 @@ from megastarid.data.dates import parse_folder_date
 from megastarid.identification.build import image_dims, iso_date
 from megastarid.identification.decisions_file import read_decisions
 from megastarid.identification.decisions_plan import DECISION_ORIGIN, EFFECTS, PlannedPhoto, Planner
+from megastarid.identification.decisions_proposals import Proposals, proposal_columns
 from megastarid.identification.incoming import copied_in
 from megastarid.identification.paths import INCOMING
 from megastarid.identification.store import CatalogueStore, PhotoRecord, now
@@ -146,8 +148,16 @@ def _place(store: CatalogueStore, planner: Planner, blobs: list[bytes]) -> None:
     store.refresh_individuals(touched)
 
 
-def _audit(store: CatalogueStore, planner: Planner, report: ApplyReport, source: str, sha: str) -> str:
-    """Count each row's effect and log the rows not logged before; returns the time they were applied."""
+def _audit(
+    store: CatalogueStore,
+    planner: Planner,
+    report: ApplyReport,
+    source: str,
+    sha: str,
+    proposals: Proposals | None,
+) -> str:
+    """Count each row's effect and log the rows not logged before, each with its query and proposal;
+    returns the time they were applied."""
     con = store.con
     done = {row[0] for row in con.execute("SELECT line FROM decisions WHERE source_sha256 = ?", (sha,))}
     applied = now()
@@ -157,9 +167,11 @@ def _audit(store: CatalogueStore, planner: Planner, report: ApplyReport, source:
             report.confirmed += 1
         if decision.line in done:
             continue
+        query_id, proposal = proposal_columns(proposals, decision, f"{source}:{decision.line}")
         con.execute(
             "INSERT INTO decisions(applied, source, source_sha256, line, decided, decision, query, "
-            "photo, encounter, identity, note, effect) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "photo, encounter, identity, note, effect, query_id, proposal) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 applied,
                 source,
@@ -173,16 +185,22 @@ def _audit(store: CatalogueStore, planner: Planner, report: ApplyReport, source:
                 identity,
                 decision.note,
                 effect,
+                query_id,
+                proposal,
             ),
         )
         report.audited += 1
     return applied
 
 
-def apply_decisions(store: CatalogueStore, path: Path, embedder: Callable[[], Embedder]) -> ApplyReport:
+def apply_decisions(
+    store: CatalogueStore, path: Path, embedder: Callable[[], Embedder], matches: Path | None = None
+) -> ApplyReport:
     """Apply a decisions file to the catalogue in one transaction (module docstring); ``embedder`` makes the
-    catalogue's model, called only when a photo must be embedded."""
+    catalogue's model, called only when a photo must be embedded; ``matches`` is identify's matches.json the
+    decisions answer (its proposals are logged with them)."""
     decisions = read_decisions(path)
+    proposals = None if matches is None else Proposals(matches)
     try:
         sha = file_sha256(path)
     except OSError as err:
@@ -197,7 +215,7 @@ def apply_decisions(store: CatalogueStore, path: Path, embedder: Callable[[], Em
         report.copied, report.incoming = len(copies), str(planner.root / INCOMING)
         with copied_in(copies):  # removed again if anything below fails
             _place(store, planner, blobs)
-            applied = _audit(store, planner, report, os.path.abspath(path), sha)
+            applied = _audit(store, planner, report, os.path.abspath(path), sha, proposals)
             report.created = sorted(
                 {p.identity for p in [*planner.adds, *planner.moves] if p.identity in planner.planned_new}
             )

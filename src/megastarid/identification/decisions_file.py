@@ -3,7 +3,8 @@ catalogue apply``.
 
 One row per photo, columns ``query`` (the photo: absolute, or relative to the catalogue's root),
 ``encounter``, ``decision`` (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or
-the new individual's name, may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made).
+the new individual's name, may be empty), ``note``, ``time`` (ISO 8601, when the decision was made) and
+``query_id`` (the query's ``id`` in identify's ``matches.json``; files written before it are read without).
 UTF-8, a header line, RFC 4180 quoting; other columns are ignored. The photo, encounter and individual are
 kept exactly as written (a file or an individual may be named with a space at either end), the decision,
 note and time without surrounding spaces; an individual's name, whatever the decision, keeps the name rule
@@ -21,9 +22,10 @@ from megastarid.core.errors import UserError, quoted
 from megastarid.identification.names import name_fault
 
 DECISIONS = ("confirm", "new", "unsure")
-#: columns a decisions file must have (``encounter``, ``identity``, ``note``, ``time`` may be left out)
+#: columns a decisions file must have (``encounter``, ``identity``, ``note``, ``time``, ``query_id`` may be
+#: left out)
 REQUIRED_COLUMNS = ("query", "decision")
-OPTIONAL_COLUMNS = ("encounter", "identity", "note", "time")
+OPTIONAL_COLUMNS = ("encounter", "identity", "note", "time", "query_id")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Decision:
     identity: str
     note: str
     time: str | None
+    query_id: int | None = None
 
 
 def instant(text: str) -> dt.datetime:
@@ -106,6 +109,9 @@ def read_decisions(path: Path) -> list[Decision]:
                 instant(time)
             except ValueError:
                 raise UserError(f"{path}:{number}: time {quoted(time)} is not an ISO 8601 time") from None
+        query_id = value.get("query_id") or None
+        if query_id is not None and not query_id.isdigit():
+            raise UserError(f"{path}:{number}: query_id {quoted(query_id)} is not a query number")
         decisions.append(
             Decision(
                 number,
@@ -115,6 +121,7 @@ def read_decisions(path: Path) -> list[Decision]:
                 identity,
                 value.get("note", ""),
                 time,
+                None if query_id is None else int(query_id),
             )
         )
     if not decisions:

@@ -52,7 +52,7 @@ THUMB_QUALITY = 85
 #: the order queries are shown in: the ones that need a person first
 VERDICT_ORDER = ("uncertain", "unverified", "new", "match", "known-photo")
 #: the columns of the exported decisions.csv
-DECISION_COLUMNS = ("query", "encounter", "decision", "identity", "note", "time")
+DECISION_COLUMNS = ("query", "encounter", "decision", "identity", "note", "time", "query_id")
 DECISIONS = ("confirm", "new", "unsure")
 #: key prefix of the page's saved decisions in localStorage
 STORAGE_PREFIX = "megastarid-lineup:"

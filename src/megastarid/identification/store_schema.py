@@ -14,7 +14,11 @@ file as ours, so any other SQLite file is refused with one line):
 - ``decisions`` (schema 2): the audit of every lineup decision applied (``catalogue apply``): when, the
   decisions file and its sha256 and line, the decision, the photo, the individual it went to, the note and
   what it changed; ``photos.origin`` says whether a photo came from a build (``build``) or joined by a
-  decision (``decision``; a build keeps those).
+  decision (``decision``; a build keeps those);
+- ``decisions.query_id`` and ``decisions.proposal`` (schema 3): the lineup query a decision answered and, when
+  ``catalogue apply`` was given identify's ``matches.json``, what identify proposed for it (JSON: verdict,
+  model fingerprint, τ, top-k candidates with score and P), so the lab's decisions score the model
+  (``decision_history``).
 
 An older file is migrated when it is opened (``MIGRATIONS``: version n -> n + 1, each in one transaction;
 ``store_open``).
@@ -23,7 +27,7 @@ An older file is migrated when it is opened (``MIGRATIONS``: version n -> n + 1,
 from __future__ import annotations
 
 #: the schema this code writes; files of a higher version are refused, older ones migrated (``MIGRATIONS``)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id`` of a MegaStarID catalogue ("MSID")
 APPLICATION_ID = 0x4D534944
 #: bytes per database page: many 2-3 KB embedding blobs fit one page (4 KB pages hold one each)
@@ -84,7 +88,12 @@ CREATE TABLE decisions (
     UNIQUE (source_sha256, line)
 )
 """
-SCHEMA += _DECISIONS_TABLE
+#: what identify proposed for each decision (schema 3)
+_PROPOSAL_COLUMNS = (
+    "ALTER TABLE decisions ADD COLUMN query_id INTEGER",
+    "ALTER TABLE decisions ADD COLUMN proposal TEXT",
+)
+SCHEMA += _DECISIONS_TABLE + ";" + ";".join(_PROPOSAL_COLUMNS)
 
 #: schema upgrades: the statements that take a file of version n to n + 1 (run in one transaction)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -92,6 +101,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE photos ADD COLUMN origin TEXT NOT NULL DEFAULT 'build'",
         _DECISIONS_TABLE,
     ),
+    2: _PROPOSAL_COLUMNS,
 }
 
 #: keys of the meta table

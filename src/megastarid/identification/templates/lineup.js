@@ -283,7 +283,7 @@
       for (const photo of query.photos) {
         // ref: the path, or for a name that is not UTF-8 its file: URI (a lone surrogate would export as U+FFFD)
         const row = { query: photo.ref, encounter: query.encounter_ref, decision: record.decision,
-          identity: identityOf(record), note: note, time: record.time };
+          identity: identityOf(record), note: note, time: record.time, query_id: query.id };
         lines.push(data.columns.map((column) => csvField(row[column])).join(","));
       }
     }
