@@ -83,6 +83,8 @@ def history(tmp_path: Path) -> tuple[World, Path, list[Path]]:
     ]
     write_decisions(world.decisions, rows)
     assert _apply(world, world.decisions, "--matches", matches) == 0
+    again = write_decisions(tmp_path / "again.csv", [(*row[:4], "again", *row[5:]) for row in rows])
+    assert _apply(world, again, "--matches", matches) == 0  # a later export repeating them counts once
     return world, matches, photos
 
 

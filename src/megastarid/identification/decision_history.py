@@ -1,8 +1,9 @@
 """The model against the lab's own decisions (``megastarid catalogue evaluate`` and ``calibrate``).
 
 Every decision applied with identify's ``matches.json`` (``catalogue apply --matches``) holds what identify
-proposed for its query (``decisions_proposals``). One query is one answer: the last decision logged for it
-(the rows of its photos share one), ``unsure`` ones left out. Over those answers:
+proposed for its query (``decisions_proposals``). One query (of one ``matches.json``) is one answer: the last
+decision logged for it (the rows of its photos share one; a later export repeating it counts once; a
+superseded decision never counts), ``unsure`` ones left out. Over those answers:
 
 - **CMC@k**: of the queries confirmed as a catalogue individual, the share whose individual is among the top
   k proposals;
@@ -90,18 +91,17 @@ def decided_answers(
     (ISO date or time) and, with ``model``, proposed by that model (a ``model_key``)."""
     start = None if since is None else instant(since)
     rows = store.con.execute(
-        "SELECT source_sha256, query_id, decision, identity, decided, applied, proposal FROM decisions "
-        "WHERE proposal IS NOT NULL ORDER BY id"
+        "SELECT decision, identity, decided, applied, proposal FROM decisions "
+        "WHERE proposal IS NOT NULL AND effect != 'superseded' ORDER BY id"
     ).fetchall()
     last: dict[tuple[str, int], tuple[Any, ...]] = {}
-    for row in rows:
-        last[(row[0], row[1])] = row
+    for decision, identity, decided, applied, text in rows:
+        proposal = json.loads(text)
+        last[(proposal["matches"], proposal["query_id"])] = (decision, identity, decided or applied, proposal)
     answers = []
-    for _, _, decision, identity, decided, applied, text in last.values():
-        when = decided or applied
+    for decision, identity, when, proposal in last.values():
         if decision == "unsure" or (start is not None and instant(when) < start):
             continue
-        proposal = json.loads(text)
         answer = Answer(
             identity,
             decision,
@@ -243,7 +243,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         f"{document['queries']} decided queries ({document['confirmed']} confirmed, {document['new']} new) "
         f"of {document['individuals']} individuals"
         + (f" since {document['since']}" if document["since"] else "")
-        + f"; {len(document['models'])} model(s)"
+        + f"; model(s) {', '.join(document['models'])}"
     ]
     for name, entry in document["all"].items():
         value = "n/a" if math.isnan(entry["value"]) else f"{entry['value']:.3f}"
