@@ -118,9 +118,11 @@ def test_evaluate_gives_the_figures_counted_by_hand(history, tmp_path: Path, cap
     assert run("catalogue", "evaluate", "--catalogue", world.catalogue, "--out", out, *late) == 2
 
 
-def test_calibrate_changes_identifys_tau(history, tmp_path: Path) -> None:
+def test_calibrate_changes_identifys_tau(history, tmp_path: Path, capsys) -> None:
     world, _, photos = history
     assert run("catalogue", "calibrate", "--catalogue", world.catalogue) == 0
+    assert run("catalogue", "info", "--catalogue", world.catalogue) == 0
+    assert "fitted on the lab's own decisions" in capsys.readouterr().out
     with open_catalogue(world.catalogue) as store:
         entry = store.meta("calibration")
     assert entry["source"] == "decisions" and entry["calibration"]["fitted_on"]["num_decisions"] == 23

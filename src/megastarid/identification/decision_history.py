@@ -57,7 +57,6 @@ FIGURES = ("cmc@1", "cmc@5", "false_match_rate", "new_precision", "new_recall", 
 EVALUATION_JSON = "decisions_evaluation.json"
 EVALUATION_CSV = "decisions_evaluation.csv"
 RELIABILITY_PNG = "decisions_reliability.png"
-DECISIONS_NOTE = "fitted on the lab's own decisions (catalogue calibrate)"
 
 
 @dataclass(frozen=True)
@@ -170,19 +169,19 @@ def bootstrap_intervals(
     return intervals
 
 
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
 def report(answers: Sequence[Answer]) -> dict[str, dict[str, Any]]:
-    """Each figure with its count and 95 % interval."""
+    """Each figure with its count and 95 % interval (None where there is nothing to count: strict JSON)."""
     values = figures(answers)
     intervals = bootstrap_intervals(answers, lambda sample: {k: v for k, (v, _) in figures(sample).items()})
-    return {
-        name: {
-            "value": value,
-            "n": count,
-            "low": intervals.get(name, (math.nan, math.nan))[0],
-            "high": intervals.get(name, (math.nan, math.nan))[1],
-        }
-        for name, (value, count) in values.items()
-    }
+    table = {}
+    for name, (value, count) in values.items():
+        low, high = intervals.get(name, (math.nan, math.nan))
+        table[name] = {"value": _number(value), "n": count, "low": _number(low), "high": _number(high)}
+    return table
 
 
 def evaluate_decisions(answers: Sequence[Answer], store: CatalogueStore, since: str | None) -> dict[str, Any]:
@@ -246,8 +245,8 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         + f"; model(s) {', '.join(document['models'])}"
     ]
     for name, entry in document["all"].items():
-        value = "n/a" if math.isnan(entry["value"]) else f"{entry['value']:.3f}"
-        interval = "" if math.isnan(entry["low"]) else f" [{entry['low']:.3f}, {entry['high']:.3f}]"
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
+        interval = "" if entry["low"] is None else f" [{entry['low']:.3f}, {entry['high']:.3f}]"
         lines.append(f"  {name:<17} {value}{interval}  (n={entry['n']})")
     return lines
 
@@ -283,12 +282,8 @@ def calibrate_from_decisions(store: CatalogueStore, accept: float | None = None)
             f"individual); need {MIN_CALIBRATION_QUERIES} or more, with both confirmed and new ones and "
             "both right and wrong top individuals"
         ) from None
-    entry = {
-        "source": "decisions",
-        "path": None,
-        "calibration": calibration.to_dict(),
-        "note": DECISIONS_NOTE,
-    }
+    note = f"{len(answers)} decided queries of model {model_key(fingerprint)}, {len(known)} of them confirmed"
+    entry = {"source": "decisions", "path": None, "calibration": calibration.to_dict(), "note": note}
     with store.transaction():
         store.set_meta(CALIBRATION, entry)
     return entry
