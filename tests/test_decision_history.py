@@ -163,3 +163,7 @@ def test_a_query_id_of_another_photo_is_refused(history, tmp_path: Path, capsys)
     wrong.write_text(f"query,decision,query_id\n{photos[0]},unsure,3\n")
     assert _apply(world, wrong, "--matches", matches) == 2
     assert "query_id 3" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"format": "megastarid-matches", "queries": [{"id": 1}]}))
+    assert _apply(world, wrong, "--matches", broken) == 2
+    assert "not identify's matches.json" in capsys.readouterr().err

@@ -33,17 +33,30 @@ class Proposals:
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise UserError(f"{path} is not identify's matches.json (no format {FORMAT!r})")
         self.path = path
-        catalogue = document.get("catalogue") or {}
-        calibration = catalogue.get("calibration") or {}
-        self.model = catalogue.get("model")
-        self.threshold = calibration.get("threshold")
-        self.accept = calibration.get("accept")
-        self.by_id: dict[int, dict[str, Any]] = {int(q["id"]): q for q in document.get("queries", [])}
+        self.by_id: dict[int, dict[str, Any]] = {}
         self.by_photo: dict[str, int] = {}
-        for number, query in self.by_id.items():
-            for photo in query["photos"]:
-                self.by_photo[photo["path"]] = number
-                self.by_photo[path_ref(photo["path"])] = number
+        try:
+            catalogue = document.get("catalogue") or {}
+            calibration = catalogue.get("calibration") or {}
+            for query in document["queries"]:
+                number = int(query["id"])
+                self.by_id[number] = {
+                    "matches": str(path.resolve()),
+                    "query_id": number,
+                    "verdict": str(query["verdict"]),
+                    "model": catalogue.get("model"),
+                    "threshold": calibration.get("threshold"),
+                    "accept": calibration.get("accept"),
+                    "candidates": [
+                        {key: c[key] for key in ("rank", "identity", "score", "probability")}
+                        for c in query["candidates"]
+                    ],
+                }
+                for photo in query["photos"]:
+                    self.by_photo[photo["path"]] = number
+                    self.by_photo[path_ref(photo["path"])] = number
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(f"{path}: not identify's matches.json ({type(err).__name__}: {err})") from None
 
     def query_id(self, decision: Decision, where: str) -> int | None:
         """The query a decision answers: its ``query_id`` (checked against its photo), else the query holding
@@ -62,24 +75,7 @@ class Proposals:
 
     def proposal(self, query_id: int) -> dict[str, Any]:
         """The stored proposal of one query (module docstring)."""
-        query = self.by_id[query_id]
-        return {
-            "matches": str(self.path.resolve()),
-            "query_id": query_id,
-            "verdict": query["verdict"],
-            "model": self.model,
-            "threshold": self.threshold,
-            "accept": self.accept,
-            "candidates": [
-                {
-                    "rank": c["rank"],
-                    "identity": c["identity"],
-                    "score": c["score"],
-                    "probability": c["probability"],
-                }
-                for c in query["candidates"]
-            ],
-        }
+        return self.by_id[query_id]
 
 
 def proposal_columns(
