@@ -12,6 +12,11 @@ Text is UTF-8 with ``errors="surrogateescape"``: a Linux file name may hold byte
 
 ``atomic_write_all`` writes a set of files (a report set) all or nothing: every temp file is filled
 before the first rename. ``remove_stale_temps`` clears the temp files a killed writer left behind.
+
+Every CSV goes through ``csv_text``: people open our CSVs in spreadsheets, which run a cell that starts
+with ``=``, ``+``, ``-``, ``@``, a tab or a CR as a formula (an individual named ``=cmd|' /C calc'!A0``).
+Such a text cell is written with a leading ``'`` (the spreadsheets' own mark for text), numbers as they
+are; ``plain_text`` undoes it exactly, for the readers of CSVs we wrote (an exported split, decisions.csv).
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megastarid.core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -182,6 +190,47 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
     except FileNotFoundError:
         return []
     return [unescape_line(line) for line in text.split("\n") if line]
+
+
+#: a cell a spreadsheet evaluates: its first character after any quotes marks a formula
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+#: a quoted cell that ``spreadsheet_text`` made
+_QUOTED = re.compile(r"'+[=+\-@\t\r]")
+#: a plain number (``-0.5``, ``+1e-3``): a spreadsheet reads it as that number, never as a formula
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs: one that starts like a formula (after any quotes, so that
+    ``plain_text`` is the exact inverse) gets a leading ``'``; a plain number stays as it is."""
+    return "'" + text if _FORMULA.match(text) and not _NUMBER.fullmatch(text) else text
+
+
+def plain_text(cell: str) -> str:
+    """The text behind a cell ``spreadsheet_text`` wrote (a cell a person typed, ``'abc``, stays)."""
+    return cell[1:] if _QUOTED.match(cell) else cell
+
+
+def _text_cell(value: object) -> object:
+    return spreadsheet_text(os.fspath(value)) if isinstance(value, str | os.PathLike) else value
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    """``table`` as CSV without its index, every text cell (and column name) through ``spreadsheet_text``;
+    numeric columns are written as they are. Lines end in CRLF (RFC 4180), so a CR inside a cell is quoted
+    like a newline (with LF endings Python's writer leaves it bare, and the row splits when read back)."""
+    safe = table.copy()
+    for position in range(safe.shape[1]):
+        column = safe.iloc[:, position]
+        if column.dtype.kind == "O":  # object, string and category columns hold the text
+            safe.isetitem(position, column.map(_text_cell).to_numpy())
+    safe.columns = [spreadsheet_text(name) if isinstance(name, str) else name for name in safe.columns]
+    return safe.to_csv(index=False, lineterminator="\r\n")
+
+
+def write_csv(path: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+    """``csv_text(table)`` written atomically."""
+    return atomic_write_text(path, csv_text(table))
 
 
 def display_text(text: str) -> str:

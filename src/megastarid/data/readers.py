@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.core.files import plain_text
 from megastarid.data.catalogue import as_catalogue, examples, normalise_split
 from megastarid.data.dates import parse_folder_dates
 from megastarid.data.images import is_image_file
@@ -181,14 +182,19 @@ def read_identity_folders(root: str | Path, dataset: str | None = None) -> pd.Da
 
 
 def _read_table(csv_path: Path) -> pd.DataFrame:
-    """A CSV as strings ("" for blanks) with stripped, lower-case column names."""
+    """A CSV as strings ("" for blanks) with stripped, lower-case column names; a cell we wrote as text for
+    spreadsheets (``core.files.csv_text``: an exported split) reads as it was."""
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{csv_path} is not a readable CSV file: {str(err).splitlines()[0]}") from err
     except OSError as err:
         raise UserError(f"cannot read {csv_path}: {err.strerror or err}") from err
-    table.columns = [str(c).strip().lower() for c in table.columns]
+    table.columns = [plain_text(str(c)).strip().lower() for c in table.columns]
+    for position in range(table.shape[1]):
+        column = table.iloc[:, position]
+        if column.str.startswith("'").any():  # the few columns with quoted cells are looked at cell by cell
+            table.isetitem(position, column.map(plain_text).to_numpy())
     return table
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_all
+from megastarid.core.files import atomic_write_all, csv_text
 from megastarid.core.runfiles import SIGHTINGS_CSV
 from megastarid.identification.store import CatalogueStore
 
@@ -181,9 +181,7 @@ def write_captures(histories: CaptureHistories, out: Path, fmt: str, source: str
         raise UserError(f"--out {out}: that name is taken by the sightings written beside it; choose another")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as captures.csv")
-    text = (
-        mark_inp(histories, source) if fmt == "mark" else histories.matrix.reset_index().to_csv(index=False)
-    )
+    text = mark_inp(histories, source) if fmt == "mark" else csv_text(histories.matrix.reset_index())
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def writer(content: str):
@@ -192,5 +190,5 @@ def write_captures(histories: CaptureHistories, out: Path, fmt: str, source: str
 
         return write
 
-    atomic_write_all({out: writer(text), sightings: writer(histories.sightings.to_csv(index=False))})
+    atomic_write_all({out: writer(text), sightings: writer(csv_text(histories.sightings))})
     return out, sightings

@@ -4,7 +4,8 @@
 ``query`` (the photo: absolute, or relative to the catalogue's root), ``encounter``, ``decision``
 (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or the new individual's name,
 may be empty), ``note`` and ``time`` (ISO 8601, when the decision was made). UTF-8, a header line, RFC 4180
-quoting; other columns are ignored.
+quoting, a cell that starts like a formula marked as text with a leading ``'`` (``core.files.plain_text``
+reads it as it was typed); other columns are ignored.
 
 What a file does, all in one transaction (any bad row, and nothing of the file is applied):
 
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.core.files import plain_text
 from megastarid.data.dates import parse_folder_date
 from megastarid.identification.build import image_dims, iso_date
 from megastarid.identification.paths import relative_photo_path
@@ -117,7 +119,7 @@ def read_decisions(path: Path) -> list[Decision]:
             lines: list[tuple[int, list[str]]] = []
             start = 1
             for fields in reader:
-                lines.append((start, fields))
+                lines.append((start, [plain_text(cell) for cell in fields]))  # the page's text cells
                 start = reader.line_num + 1
     except FileNotFoundError:
         raise UserError(f"decisions file {path} does not exist") from None

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from megastarid.core.files import atomic_write_text, write_json
+from megastarid.core.files import write_csv, write_json
 from megastarid.core.runfiles import MATCHES_CSV, MATCHES_JSON
 from megastarid.identification.calibrate import SOURCES
 from megastarid.identification.identify import POOLING, VERDICTS, IdentifyResult
@@ -200,7 +200,7 @@ def write_matches(document: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``matches.json`` and ``matches.csv`` into ``out_dir`` (created), each atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json(out_dir / MATCHES_JSON, document)
-    csv_path = atomic_write_text(out_dir / MATCHES_CSV, matches_table(document).to_csv(index=False))
+    csv_path = write_csv(out_dir / MATCHES_CSV, matches_table(document))
     return csv_path, json_path
 
 
