@@ -4,8 +4,12 @@ spreadsheet, and what we write we read back exactly."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
+import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +19,11 @@ import torch
 
 from conftest import make_star_tree, write_image
 from megastarid import cli
+from megastarid import identify as identify_command
 from megastarid.core.files import csv_text, plain_text, spreadsheet_text
-from megastarid.core.runfiles import MATCHES_CSV
+from megastarid.core.runfiles import LINEUP_HTML, MATCHES_CSV, MATCHES_JSON, OUTPUT_MARKER, THUMBS_DIR
 from megastarid.data.readers import read_star_csv
+from megastarid.identification import lineup
 from megastarid.identification.store import open_catalogue
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.network import build_model
@@ -177,3 +183,113 @@ def test_a_decisions_file_with_text_cells_reads_back_as_it_was(hostile: Hostile,
     with open_catalogue(hostile.catalogue) as store:
         names = {row[0] for row in store.con.execute("SELECT name FROM individuals")}
     assert name in names
+
+
+# -- defects 5, 7, 8: identify's output folder -------------------------------------------------------------
+
+SET = (MATCHES_CSV, MATCHES_JSON, LINEUP_HTML)
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file below ``out`` by relative path, with its bytes."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def identify(hostile: Hostile, out: Path, *photos: Path) -> int:
+    return run("identify", *(photos or [hostile.dive]), "--catalogue", hostile.catalogue, "--out", out,
+               "--allow-uncalibrated")  # fmt: skip
+
+
+def shown_thumbnails(out: Path) -> set[str]:
+    """The thumbnails the lineup page in ``out`` refers to."""
+    return set(
+        re.findall(rf"{THUMBS_DIR}/[0-9a-f]{{32}}\.jpg", (out / LINEUP_HTML).read_text(encoding="utf-8"))
+    )
+
+
+@pytest.mark.parametrize("where", ["thumbnails", "page"])
+def test_a_killed_identify_leaves_the_old_set_whole_and_the_next_run_no_leftovers(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    out = tmp_path / "matches"
+    assert identify(hostile, out, hostile.dive / "enc1") == 0
+    before = snapshot(out)
+    calls = []
+
+    def killed(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise KeyboardInterrupt  # what Ctrl-C (or a kill) does mid-write
+
+    if where == "thumbnails":  # killed while the new thumbnails are made (the first new photo's)
+        real = lineup.load_rgb
+        monkeypatch.setattr(
+            lineup, "load_rgb", lambda path, *a, **k: killed() if "enc2" in str(path) else real(path, *a, **k)
+        )
+    else:  # killed while the page is rendered
+        monkeypatch.setattr(lineup, "script_json", killed)
+    assert identify(hostile, out) == 130  # interrupted
+    assert calls
+    after = snapshot(out)
+    assert {name: after.get(name) for name in SET} == {name: before[name] for name in SET}  # the old set
+    assert shown_thumbnails(out) <= {name for name in after if name.startswith(THUMBS_DIR)}  # still shown
+    monkeypatch.undo()
+    # what a killed writer leaves: temp files of the set and of a thumbnail, and a thumbnail no page shows
+    (out / f".{MATCHES_JSON}.0123abcd.tmp").write_text("half")
+    (out / THUMBS_DIR / f".{'a' * 32}.jpg.0123abcd.tmp").write_bytes(b"half")
+    (out / THUMBS_DIR / f"{'b' * 32}.jpg").write_bytes(b"old")
+    assert identify(hostile, out) == 0
+    thumbs = {p.relative_to(out).as_posix() for p in (out / THUMBS_DIR).iterdir()}
+    assert thumbs == shown_thumbnails(out)  # nothing else: the orphan went
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert json.loads((out / MATCHES_JSON).read_text())["counts"] == {"unverified": 2}
+
+
+def test_identify_never_reads_its_own_output(hostile: Hostile, tmp_path: Path) -> None:
+    dive = tmp_path / "dive"
+    shutil.copytree(hostile.dive, dive)
+    for _ in range(2):
+        assert identify(hostile, dive / "matches", dive) == 0
+        queries = json.loads((dive / "matches" / MATCHES_JSON).read_text())["queries"]
+        assert sorted(Path(q["encounter"]).name for q in queries) == ["enc1", "enc2"]
+
+
+def test_bad_out_folders_are_one_line_before_any_work(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_work(*args: object) -> None:
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(identify_command, "catalogue_embedder", no_work)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a file")
+    busy = tmp_path / "busy"  # another identify writes there: it holds the marker's lock
+    busy.mkdir()
+    held = os.open(busy / OUTPUT_MARKER, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    for out, message in (
+        (plain, f"--out {plain} is a file, not a folder"),
+        (plain / "matches", f"--out {plain / 'matches'}: cannot write there"),
+        (plain / "a" / "b", f"--out {plain / 'a' / 'b'}: cannot write there"),
+        (hostile.dive, f"--out {hostile.dive} holds photos to identify"),
+        (hostile.dive.parent, f"--out {hostile.dive.parent} holds photos to identify"),
+        (busy, f"--out {busy}: another identify is writing there"),
+    ):
+        capsys.readouterr()
+        assert identify(hostile, out) == 2, out
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    os.close(held)
+    for captures, message in (
+        (plain / "captures.csv", f"--out {plain / 'captures.csv'}: cannot write in {plain}"),
+        (
+            plain / "a" / "captures.csv",
+            f"--out {plain / 'a' / 'captures.csv'}: cannot write in {plain / 'a'}",
+        ),
+        (tmp_path, f"--out {tmp_path} is a folder"),
+    ):
+        capsys.readouterr()
+        assert run("catalogue", "captures", "--catalogue", hostile.catalogue, "--out", captures) == 2, (
+            captures
+        )
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err

@@ -35,7 +35,13 @@ from megastarid.identification.calibrate import (
     read_calibration,
     update_calibration,
 )
-from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
+from megastarid.identification.captures import (
+    BY,
+    capture_histories,
+    catalogue_photos,
+    check_captures_out,
+    write_captures,
+)
 from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.decisions import apply_decisions, decision_log, log_lines
 from megastarid.identification.options import CatalogueModelOptions
@@ -332,6 +338,7 @@ class CapturesOptions(Options):
 
 def captures(options: CapturesOptions) -> int:
     fmt = options.format or ("mark" if options.out.suffix.lower() == ".inp" else "csv")
+    check_captures_out(options.out)
     with open_catalogue(options.catalogue) as store, store.snapshot():
         photos = catalogue_photos(store, options.dataset)
     if not len(photos):

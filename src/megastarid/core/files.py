@@ -11,7 +11,8 @@ Text is UTF-8 with ``errors="surrogateescape"``: a Linux file name may hold byte
 (Python keeps them as lone surrogates), and such a name must still fit in a CSV or a list of paths.
 
 ``atomic_write_all`` writes a set of files (a report set) all or nothing: every temp file is filled
-before the first rename. ``remove_stale_temps`` clears the temp files a killed writer left behind.
+before the first rename (``bytes_writer`` and ``text_writer`` fill one from memory).
+``remove_stale_temps`` clears the temp files a killed writer left behind.
 
 Every CSV goes through ``csv_text``: people open our CSVs in spreadsheets, which run a cell that starts
 with ``=``, ``+``, ``-``, ``@``, a tab or a CR as a formula (an individual named ``=cmd|' /C calc'!A0``).
@@ -106,11 +107,23 @@ def atomic_write_all(writers: Mapping[Path, Callable[[Path], object]]) -> list[P
     return [path for _, path in temps]
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
-    """Remove the temp files (``.NAME.<8 hex>.tmp``) that writes of ``names`` killed mid-way left in
-    ``folder``; nothing else is touched. Call it only while no writer of those names runs (under the run
-    folder's lock). Returns the removed files."""
-    stems = "|".join(re.escape(_temp_stem(name)) for name in names)
+def bytes_writer(data: bytes) -> Callable[[Path], object]:
+    """An ``atomic_write``/``atomic_write_all`` writer of ``data``."""
+    return lambda tmp: tmp.write_bytes(data)
+
+
+def text_writer(text: str) -> Callable[[Path], object]:
+    """A writer of ``text`` in this module's encoding (non-UTF-8 file names survive)."""
+    return bytes_writer(text.encode(ENCODING, ERRORS))
+
+
+def remove_stale_temps(
+    folder: str | os.PathLike[str], names: Iterable[str] = (), like: str | None = None
+) -> list[Path]:
+    """Remove the temp files (``.NAME.<8 hex>.tmp``) that writes of ``names`` (or of any name the regular
+    expression ``like`` matches) killed mid-way left in ``folder``; nothing else is touched. Call it only
+    while no writer of those names runs (under the folder's lock). Returns the removed files."""
+    stems = "|".join([re.escape(_temp_stem(name)) for name in names] + ([like] if like else []))
     if not stems:
         return []
     pattern = re.compile(rf"\.(?:{stems})\.[0-9a-f]{{8}}\.tmp")
@@ -123,9 +136,12 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     return removed
 
 
-def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
+def check_writable_folder(
+    path: str | os.PathLike[str], option: str, given: str | os.PathLike[str] | None = None
+) -> Path:
     """Create ``path`` (and its parents) and prove a file can be written there, before any work is done;
-    else a one-line ``UserError`` naming ``option`` and the folder."""
+    else a one-line ``UserError`` naming ``option`` and the folder (and the file ``given`` to the option
+    when ``path`` is the folder it goes into)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -133,7 +149,8 @@ def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
         os.close(fd)
         tmp.unlink()
     except OSError as err:
-        raise UserError(f"{option} {path}: cannot write there ({err.strerror or err})") from None
+        where = f"{path}: cannot write there" if given is None else f"{given}: cannot write in {path}"
+        raise UserError(f"{option} {where} ({err.strerror or err})") from None
     return path
 
 

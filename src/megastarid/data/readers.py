@@ -21,6 +21,7 @@ import pandas as pd
 
 from megastarid.core.errors import UserError, quoted
 from megastarid.core.files import plain_text
+from megastarid.core.runfiles import OUTPUT_MARKER
 from megastarid.data.catalogue import as_catalogue, examples, normalise_split
 from megastarid.data.dates import parse_folder_dates
 from megastarid.data.images import is_image_file
@@ -54,8 +55,9 @@ def require_dir(root: str | Path, what: str) -> Path:
 def walk(root: Path, unreadable: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` over the non-hidden entries below ``root``, in sorted order, that follows symlinked
     folders (a data set is often assembled from links) but never re-enters a folder it is inside, so a
-    link loop ends. Folders that cannot be listed are appended to ``unreadable`` (when given) instead of
-    vanishing."""
+    link loop ends, and never enters an output folder of identify (it holds ``OUTPUT_MARKER``: its
+    thumbnails are no photos). Folders that cannot be listed are appended to ``unreadable`` (when given)
+    instead of vanishing."""
     real_paths: dict[str, str] = {}
 
     def on_error(err: OSError) -> None:
@@ -69,6 +71,10 @@ def walk(root: Path, unreadable: list[str] | None = None) -> Iterator[tuple[str,
             dirs[:] = []
             continue
         real_paths[folder] = real
+        if OUTPUT_MARKER in files:
+            log.info("skipped %s: an output folder of megastarid identify", folder)
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         yield folder, dirs, sorted(name for name in files if not name.startswith("."))
 

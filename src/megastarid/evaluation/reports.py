@@ -21,12 +21,12 @@ from matplotlib.ticker import MaxNLocator
 from pandas.api.typing import DataFrameGroupBy
 
 from megastarid.core.files import (
-    ENCODING,
-    ERRORS,
     atomic_write,
     atomic_write_all,
+    bytes_writer,
     csv_text,
     display_text,
+    text_writer,
 )
 from megastarid.core.runfiles import (
     CMC_PNG,
@@ -183,16 +183,6 @@ def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=100, format="png")
     return buffer.getvalue()
-
-
-def bytes_writer(data: bytes) -> Callable[[Path], object]:
-    """An ``atomic_write``/``atomic_write_all`` writer of ``data``."""
-    return lambda tmp: tmp.write_bytes(data)
-
-
-def text_writer(text: str) -> Callable[[Path], object]:
-    """A writer of ``text`` in the encoding of ``core.files`` (non-UTF-8 file names survive)."""
-    return bytes_writer(text.encode(ENCODING, ERRORS))
 
 
 def write_reports(

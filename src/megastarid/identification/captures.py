@@ -25,7 +25,7 @@ from typing import Literal
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_all, csv_text
+from megastarid.core.files import atomic_write_all, check_writable_folder, csv_text, text_writer
 from megastarid.core.runfiles import SIGHTINGS_CSV
 from megastarid.identification.store import CatalogueStore
 
@@ -172,23 +172,23 @@ def sightings_path(out: Path) -> Path:
     return out.parent / SIGHTINGS_CSV
 
 
-def write_captures(histories: CaptureHistories, out: Path, fmt: str, source: str = "") -> tuple[Path, Path]:
-    """Write the histories to ``out`` (``csv`` or ``mark``) and ``sightings.csv`` beside it, together."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+def check_captures_out(out: Path) -> None:
+    """Before any work: ``--out`` names a file (not a folder) in a folder that can be written (created when
+    missing); else one line naming it."""
     sightings = sightings_path(out)
     if os.path.abspath(out) == os.path.abspath(sightings):
         raise UserError(f"--out {out}: that name is taken by the sightings written beside it; choose another")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as captures.csv")
+    check_writable_folder(out.parent, "--out", out)
+
+
+def write_captures(histories: CaptureHistories, out: Path, fmt: str, source: str = "") -> tuple[Path, Path]:
+    """Write the histories to ``out`` (``csv`` or ``mark``; checked by ``check_captures_out``) and
+    ``sightings.csv`` beside it, together."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    sightings = sightings_path(out)
     text = mark_inp(histories, source) if fmt == "mark" else csv_text(histories.matrix.reset_index())
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def writer(content: str):
-        def write(tmp: Path) -> None:
-            tmp.write_text(content, encoding="utf-8", errors="surrogateescape")
-
-        return write
-
-    atomic_write_all({out: writer(text), sightings: writer(csv_text(histories.sightings))})
+    atomic_write_all({out: text_writer(text), sightings: text_writer(csv_text(histories.sightings))})
     return out, sightings
