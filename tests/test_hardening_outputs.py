@@ -20,12 +20,13 @@ import torch
 from conftest import make_star_tree, write_image
 from megastarid import cli
 from megastarid import identify as identify_command
+from megastarid.core.errors import UserError
 from megastarid.core.files import csv_text, plain_text, spreadsheet_text
 from megastarid.core.runfiles import LINEUP_HTML, MATCHES_CSV, MATCHES_JSON, OUTPUT_MARKER, THUMBS_DIR
 from megastarid.data.readers import read_star_csv
 from megastarid.identification import lineup
 from megastarid.identification.store import open_catalogue
-from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.checkpoints import load_checkpoint, save_checkpoint
 from megastarid.models.network import build_model
 
 #: an individual's name that a spreadsheet would run as a command
@@ -195,9 +196,9 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def identify(hostile: Hostile, out: Path, *photos: Path) -> int:
+def identify(hostile: Hostile, out: Path, *photos: Path, options: tuple[object, ...] = ()) -> int:
     return run("identify", *(photos or [hostile.dive]), "--catalogue", hostile.catalogue, "--out", out,
-               "--allow-uncalibrated")  # fmt: skip
+               "--allow-uncalibrated", *options)  # fmt: skip
 
 
 def shown_thumbnails(out: Path) -> set[str]:
@@ -293,3 +294,30 @@ def test_bad_out_folders_are_one_line_before_any_work(
         )
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+# -- defect 16: checkpoint messages ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ['{"threshold": 0.5}\n', "calibration: isotonic\n", "[1, 2]\n", "0.5\n"])
+def test_a_text_file_as_checkpoint_is_said_to_be_no_checkpoint(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == f"checkpoint {path} is not a PyTorch checkpoint file"
+
+
+def test_a_given_checkpoint_that_is_no_file_is_named_as_such(
+    hostile: Hostile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for given, message in (
+        (folder, f"checkpoint {folder} is a folder, not a checkpoint file"),
+        (tmp_path / "gone.pth", f"checkpoint {tmp_path / 'gone.pth'} does not exist"),
+    ):
+        capsys.readouterr()
+        assert identify(hostile, tmp_path / "out", options=("--checkpoint", given)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and "not there any more" not in err, err
