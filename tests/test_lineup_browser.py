@@ -23,7 +23,7 @@ import pytest
 
 from lineup_world import DIVE, HOSTILE_FILE, HOSTILE_FOLDER, HOSTILE_IDENTITY, World, make_world, run
 from megastarid.core.files import plain_text, spreadsheet_text
-from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, MATCHES_JSON, SIGHTINGS_CSV
+from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, MATCHES_JSON
 from megastarid.data.dates import parse_folder_date
 from megastarid.identification.lineup import DECISION_COLUMNS, VERDICT_ORDER
 
@@ -415,6 +415,6 @@ def test_round_trip_apply_identify_again_and_capture_histories(
         assert table.loc[identity, DIVE] == 1
     assert table.loc[STELLA].sum() == 1 and table.loc[generated].sum() == 1
     assert table[DIVE].sum() == len(set(went_to.values()))
-    sightings = pd.read_csv(tmp_path / SIGHTINGS_CSV, dtype=str)
+    sightings = pd.read_csv(tmp_path / "captures.sightings.csv", dtype=str)
     stella = sightings[sightings["individual"].map(plain_text) == STELLA]
     assert stella[["date", "outing", "photos"]].values.tolist() == [[DIVE, DIVE, "2"]]

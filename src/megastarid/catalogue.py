@@ -253,8 +253,8 @@ LOG_DESCRIPTION = (
 )
 CAPTURES_DESCRIPTION = (
     "Write capture histories for mark-recapture: the individual x occasion 0/1 matrix (occasions in time "
-    "order) as CSV or as a Program MARK .inp file, and sightings.csv (individual, date, outing, photos) "
-    "beside it."
+    "order) as CSV or as a Program MARK .inp file, and its sightings (individual, date, outing, photos) "
+    "beside it, captures.csv -> captures.sightings.csv."
 )
 
 
@@ -321,7 +321,8 @@ class CapturesOptions(Options):
     catalogue: Path
     """the catalogue file"""
     out: Path
-    """capture histories file (captures.csv, or captures.inp for Program MARK); sightings.csv beside it"""
+    """capture histories file (captures.csv, or captures.inp for Program MARK); captures.sightings.csv beside
+    it"""
     by: Literal["outing", "day", "month", "year"] = "outing"
     """occasions: each survey outing (ordered by date), or each calendar day, month or year of the photos"""
     format: Literal["csv", "mark"] | None = None

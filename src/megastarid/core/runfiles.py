@@ -83,7 +83,9 @@ OUTPUT_MARKER = (
 DECISIONS_CSV = "decisions.csv"  # what the lineup page exports: one row per decided photo
 
 # ----------------------------------------------------------------- capture histories (catalogue captures)
-SIGHTINGS_CSV = "sightings.csv"  # individual, date, outing, photos: written next to the capture histories
+SIGHTINGS_SUFFIX = (
+    ".sightings.csv"  # individual, date, outing, photos: captures.csv -> captures.sightings.csv
+)
 
 # ----------------------------------------------------------------- loss terms (history.csv columns)
 LOSS = "loss"  # the weighted total that is optimised
