@@ -24,8 +24,10 @@ from megastarid.core.errors import UserError
 from megastarid.core.files import csv_text, plain_text, spreadsheet_text
 from megastarid.core.runfiles import LINEUP_HTML, MATCHES_CSV, MATCHES_JSON, OUTPUT_MARKER, THUMBS_DIR
 from megastarid.data.readers import read_star_csv
+from megastarid.evaluation.openset import Calibration
 from megastarid.identification import lineup
-from megastarid.identification.store import open_catalogue
+from megastarid.identification.build import build_running
+from megastarid.identification.store import CALIBRATION, ROOT, PhotoRecord, open_catalogue
 from megastarid.models.checkpoints import load_checkpoint, save_checkpoint
 from megastarid.models.network import build_model
 
@@ -321,3 +323,60 @@ def test_a_given_checkpoint_that_is_no_file_is_named_as_such(
         assert identify(hostile, tmp_path / "out", options=("--checkpoint", given)) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err and "not there any more" not in err, err
+
+
+# -- cosmetic: catalogue info, the calibration path, captures --format, identify during a build -----------
+
+
+def test_info_names_datasets_without_a_blank_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    catalogue = tmp_path / "archive.sqlite"
+    records = [
+        PhotoRecord(f"{dataset or 'inbox'}/{i}.jpg", "x", "o", None, dataset, "", f"{i:064x}", 1, 1, 1, 1)
+        for i, dataset in enumerate(["", "DockSurveys", "DockSurveys"])
+    ]
+    with open_catalogue(catalogue, create=True) as store, store.transaction():
+        store.set_meta(ROOT, str(tmp_path))
+        store.add_photos(records, [bytes(16)] * len(records))
+        store.refresh_individuals()
+    capsys.readouterr()
+    assert run("catalogue", "info", "--catalogue", catalogue) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("datasets")]
+    assert line == "datasets     DockSurveys (and photos with no dataset)"
+
+
+def test_the_calibration_path_is_stored_absolute(
+    hostile: Hostile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calibration = Calibration("logistic", 0.4, 0.8, coef=10.0, intercept=-5.0)
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration.to_dict()))
+    monkeypatch.chdir(tmp_path)
+    catalogue = tmp_path / "archive.sqlite"
+    assert run(
+        "catalogue", "build", "--checkpoint", hostile.work / "best.pth", "--star-root", hostile.root,
+        "--star-csv", hostile.work / "gallery.csv", "--catalogue", catalogue,
+        "--calibration", "calibration.json",
+    ) == 0  # fmt: skip
+    with open_catalogue(catalogue) as store:
+        assert store.meta(CALIBRATION)["path"] == str(tmp_path / "calibration.json")
+
+
+def test_captures_format_help_lists_no_none(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run("catalogue", "captures", "--help")
+    help_text = capsys.readouterr().out
+    (choices,) = re.findall(r"--format \{([^}]*)\}", help_text)
+    assert "None" not in choices.split(",") and {"csv", "mark"} <= set(choices.split(","))
+
+
+def test_identify_while_a_build_runs_says_to_wait(
+    hostile: Hostile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The test's own process plays the build: it holds the catalogue as a running build does."""
+    with open_catalogue(hostile.catalogue) as store, build_running(store):
+        capsys.readouterr()
+        out = tmp_path / "out"
+        assert run("identify", hostile.dive, "--catalogue", hostile.catalogue, "--out", out) == 2
+        err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has not finished: wait for it" in err and "rebuild" not in err, err
+    assert run("identify", hostile.dive, "--catalogue", hostile.catalogue, "--out", out) == 2
+    assert "has no calibration" in capsys.readouterr().err  # the build ended: what to do without one

@@ -21,13 +21,15 @@ from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.options import parse_options
 from megastarid.core.runfiles import CALIBRATION_JSON, LINEUP_HTML, MATCHES_CSV, MATCHES_JSON
+from megastarid.evaluation.openset import Calibration
+from megastarid.identification.build import running_build
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.identify import collect_photos, identify_photos
 from megastarid.identification.matches import matches_document, terminal_table
 from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.outputs import claimed_output_folder, write_outputs
-from megastarid.identification.store import CALIBRATION, MODEL, open_catalogue
+from megastarid.identification.store import CALIBRATION, MODEL, CatalogueStore, open_catalogue
 from megastarid.models.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,25 +64,37 @@ class IdentifyOptions(CatalogueModelOptions):
         super().__post_init__()
 
 
+def catalogue_ready(store: CatalogueStore, options: IdentifyOptions) -> tuple[dict, Calibration | None]:
+    """The catalogue's model record and calibration; a catalogue that cannot identify yet is one line saying
+    why: a build that has not finished (wait for it), no photos, or no calibration (how to get one)."""
+    record = store.meta(MODEL)
+    calibration = stored_calibration(store)
+    building = running_build(store)
+    if building is not None and (record is None or not store.num_photos() or calibration is None):
+        raise UserError(
+            f"catalogue {options.catalogue}: a build started {building.get('started')} (pid "
+            f"{building.get('pid')} on {building.get('host')}) has not finished: wait for it to end, then "
+            "run identify again"
+        )
+    if record is None or not store.num_photos():
+        raise UserError(f"catalogue {options.catalogue} holds no photos yet (megastarid catalogue build)")
+    if calibration is None and not options.allow_uncalibrated:
+        reason = (store.meta(CALIBRATION) or {}).get("reason") or "none was given or fitted"
+        raise UserError(
+            f"catalogue {options.catalogue} has no calibration ({reason}): rebuild it with --calibration "
+            f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
+            "--allow-uncalibrated for rankings without verdicts"
+        )
+    return record, calibration
+
+
 def identify(options: IdentifyOptions) -> int:
     """Check everything that can be wrong before the model loads; identify; write and print the answers."""
     device = resolve_device(options.device)
     with claimed_output_folder(options.out, options.photos) as out:
         with open_catalogue(options.catalogue) as store, store.snapshot():  # one state of it throughout
             photos = collect_photos(options.photos)
-            record = store.meta(MODEL)
-            if record is None or not store.num_photos():
-                raise UserError(
-                    f"catalogue {options.catalogue} holds no photos yet (megastarid catalogue build)"
-                )
-            calibration = stored_calibration(store)
-            if calibration is None and not options.allow_uncalibrated:
-                reason = (store.meta(CALIBRATION) or {}).get("reason") or "none was given or fitted"
-                raise UserError(
-                    f"catalogue {options.catalogue} has no calibration ({reason}): rebuild it with "
-                    f"--calibration FILE (a trained run's {CALIBRATION_JSON}) or with photos from more "
-                    "outings, or pass --allow-uncalibrated for rankings without verdicts"
-                )
+            record, calibration = catalogue_ready(store, options)
             index = store.load_index()
             embedder = catalogue_embedder(record, options, device)
             log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))

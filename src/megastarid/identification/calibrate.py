@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ def update_calibration(
         calibration = given if accept is None else replace(given, accept=accept)
         entry: dict[str, Any] = {
             "source": source,
-            "path": None if path is None else str(path),
+            "path": None if path is None else os.path.abspath(path),  # not relative to where the build ran
             "calibration": calibration.to_dict(),
         }
     elif (

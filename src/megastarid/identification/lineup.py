@@ -75,7 +75,7 @@ def thumbnail_name(path: str, size: int = THUMB_SIZE) -> str | None:
         return None
     key = f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{size}"
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return f"{THUMBS_DIR}/{digest}.jpg"  # _THUMB_FILE
+    return f"{THUMBS_DIR}/{digest}.jpg"
 
 
 def _make_thumbnail(source: str, target: Path, size: int) -> bool:
