@@ -1,12 +1,12 @@
 """identify speed, each part against a baseline measured in the same run:
 
 1. **Throughput** over a folder of new photos (phone-like JPEGs, in encounters of 4) against a catalogue of
-   star_dataset size: ``identify_photos`` + ``matches_document`` + ``write_matches`` (hashing, the known-photo
-   check, embedding, ranking, pooling, verdicts, both output files) against the bare model on the same
-   photos: the textbook loop ``load_rgb`` -> eval transform -> batch -> ``model(batch)``, same decoding,
-   same batch size. Rounds alternate ours/bare; the medians over rounds are compared, per wall-clock second
-   and per CPU second of the process (the steadier one on a shared machine). For context the forward pass
-   alone on pre-decoded tensors is given too.
+   star_dataset size: ``identify_photos`` + ``matches_document`` + ``matches_texts`` written (hashing, the
+   known-photo check, embedding, ranking, pooling, verdicts, both output files) against the bare model on
+   the same photos: the textbook loop ``load_rgb`` -> eval transform -> batch -> ``model(batch)``, same
+   decoding, same batch size. Rounds alternate ours/bare; the medians over rounds are compared, per
+   wall-clock second and per CPU second of the process (the steadier one on a shared machine). For context
+   the forward pass alone on pre-decoded tensors is given too.
 2. **Search** for one photo against a catalogue of 100,000 photos (synthetic, clustered, 512-d):
    ``CatalogueIndex.rank`` (the float16 pre-selection, then ``rank_individuals`` on the few individuals
    that can make the top k) against the floor of any exact float32 search, one matrix-vector product
@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from megastarid.core.files import atomic_write_all, text_writer
 from megastarid.data.images import load_rgb
 from megastarid.data.transforms import build_eval_transform
 from megastarid.evaluation.individuals import IdentityCodes, rank_individuals
 from megastarid.evaluation.openset import Calibration
 from megastarid.identification.identify import identify_photos
 from megastarid.identification.index import CatalogueIndex
-from megastarid.identification.matches import matches_document, write_matches
+from megastarid.identification.matches import matches_document, matches_texts
 from megastarid.identification.store import PhotoRecord
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
@@ -126,7 +127,8 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
 
     def ours() -> None:
         result = identify_photos(store, index, embedder, photos, 5, "folder", calibration)
-        write_matches(matches_document(result, store, index), work / "matches")
+        texts = matches_texts(matches_document(result, store, index))
+        atomic_write_all({work / name: text_writer(text) for name, text in texts.items()})
 
     def bare() -> None:
         with torch.inference_mode():

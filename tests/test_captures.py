@@ -1,6 +1,6 @@
 """Capture histories: occasions by outing, day, month or year in time order, 0/1 per individual, empty
 periods only on request, undated photos left out with a warning; the CSV, Program MARK's .inp and
-sightings.csv, through the command on a real catalogue file."""
+sightings beside them, through the command on a real catalogue file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from megastarid import cli
-from megastarid.core.runfiles import SIGHTINGS_CSV
+from megastarid.core.files import plain_text
 from megastarid.identification.captures import capture_histories, mark_inp
 from megastarid.identification.store import PhotoRecord
 from megastarid.identification.store_open import open_catalogue
@@ -135,14 +135,14 @@ def test_captures_command_writes_csv_mark_and_sightings(
     table = pd.read_csv(out)
     assert list(table.columns) == ["individual", "2023-12", "2024-01", "2024-02", "2024-03"]
     assert table.set_index("individual").loc["SiteA/star1"].tolist() == [0, 1, 0, 1]
-    sightings = pd.read_csv(out.parent / SIGHTINGS_CSV, keep_default_na=False)
+    sightings = pd.read_csv(tmp_path / "results" / "captures.sightings.csv", keep_default_na=False)
     assert len(sightings) == 8 and set(sightings["individual"]) == {p[0] for p in PHOTOS}
     mark = tmp_path / "captures.inp"  # the format follows the suffix
     assert run("catalogue", "captures", "--catalogue", catalogue, "--out", mark, "--dataset", "SiteB") == 0
     lines = mark.read_text().splitlines()
     assert lines[1] == "/* occasions: 2023-12-30_bay night_dive */"
     assert lines[2:] == ["/* SiteB/ghost */ 01 1;", "/* SiteB/star9 */ 11 1;"]
-    assert (tmp_path / SIGHTINGS_CSV).is_file()
+    assert (tmp_path / "captures.sightings.csv").is_file()
     forced = tmp_path / "histories.txt"
     assert run("catalogue", "captures", "--catalogue", catalogue, "--out", forced, "--format", "mark") == 0
     assert forced.read_text().startswith("/* MegaStarID")
@@ -152,7 +152,7 @@ def test_captures_bad_input_is_one_line(
     catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cases = [
-        (["--out", tmp_path / SIGHTINGS_CSV], "that name is taken by the sightings"),
+        (["--out", tmp_path / "a.sightings.csv"], "names ending in .sightings.csv are for the sightings"),
         (["--out", tmp_path], "is a folder"),
         (["--out", tmp_path / "c.csv", "--by", "week"], "--by"),
         (["--out", tmp_path / "c.csv", "--dataset", "Nowhere"], "holds no photos of dataset 'Nowhere'"),
@@ -163,3 +163,19 @@ def test_captures_bad_input_is_one_line(
         assert run("catalogue", "captures", "--catalogue", catalogue, *extra) == 2, extra
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_capture_histories_side_by_side_keep_their_own_sightings(catalogue: Path, tmp_path: Path) -> None:
+    """Issue 20 #17: two histories written into one folder each have their sightings beside them."""
+    for name, dataset in (("site_a.csv", "SiteA"), ("site_b.inp", "SiteB")):
+        out = tmp_path / name
+        assert run("catalogue", "captures", "--catalogue", catalogue, "--out", out, "--dataset", dataset) == 0
+    for stem, dataset in (("site_a", "SiteA"), ("site_b", "SiteB")):
+        sightings = pd.read_csv(tmp_path / f"{stem}.sightings.csv", keep_default_na=False)
+        expected = {identity for identity, _, _, where, _ in PHOTOS if where == dataset}
+        assert set(sightings["individual"].map(plain_text)) == expected
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == [
+        "site_a.csv",
+        "site_a.sightings.csv",
+        "site_b.sightings.csv",
+    ]

@@ -155,3 +155,27 @@ def test_status_of_a_folder_without_experiments_starts_nothing(tmp_path: Path, c
     assert run(options) == 0
     assert capsys.readouterr().out.strip() == f"{tmp_path / 'none'}: no grid experiment folders yet"
     assert not (tmp_path / "none").exists()
+
+
+def test_a_partition_without_gpus_is_one_line_before_anything_is_submitted(tmp_path: Path) -> None:
+    """Issue 20 #18: sbatch's own "Invalid generic resource (gres) specification" says nothing useful; the
+    grid asks sinfo first (here a stand-in: a default partition without GPUs and a GPU one)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sinfo = bin_dir / "sinfo"
+    sinfo.write_text('#!/bin/sh\necho "debug*|(null)"\necho "gpu|gpu:a100:4(S:0-1)"\necho "gpu|(null)"\n')
+    sinfo.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    base = [sys.executable, "-m", "megastarid.experiments.grid_search", "--launcher", "slurm", "--dry-run"]
+    base += ["--strategies", "star_only", "--losses", "circle", "--output-dir", str(tmp_path / "grid")]
+    for extra, message in (
+        ([], "SLURM partition debug (the default) has no GPUs: pass --gpus-per-experiment 0"),
+        (["--partition", "debug", "--gpus-per-experiment", "2"], "SLURM partition debug has no GPUs"),
+    ):
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 2, done.stdout
+        assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    for extra in (["--gpus-per-experiment", "0"], ["--partition", "gpu"], ["--partition", "elsewhere"]):
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "grid").exists()

@@ -190,12 +190,12 @@ def test_known_photos_and_unreadable_photos(built: Built, tmp_path: Path) -> Non
 
 
 def test_bad_inputs_are_one_line(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["--catalogue", built.catalogue, "--out", tmp_path]
+    common = ["--catalogue", built.catalogue, "--out", tmp_path / "out"]
     cases = [
         ([tmp_path / "missing.jpg", *common], "does not exist"),
         ([__file__, *common], "is not a .jpg/.jpeg/.png photo"),
         (
-            [tmp_path, "--catalogue", tmp_path / "none.sqlite", "--out", tmp_path],
+            [tmp_path, "--catalogue", tmp_path / "none.sqlite", "--out", tmp_path / "out"],
             "none.sqlite does not exist",
         ),
         ([tmp_path, *common, "--top-k", "0"], "--top-k must be >= 1"),

@@ -25,10 +25,10 @@ from megastarid.identification.lineup import (
     THUMB_SIZE,
     document_key,
     lineup_data,
+    lineup_page,
     make_thumbnails,
     render_lineup,
     script_json,
-    write_lineup,
 )
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.network import build_model
@@ -160,10 +160,11 @@ def test_a_page_with_vanished_photos_and_no_queries_still_renders(
     for query in document["queries"]:
         for photo in query["photos"]:
             photo["path"] = str(tmp_path / "vanished.jpg")
-    page = write_lineup(document, tmp_path / "out")
+    page, shown = lineup_page(document, tmp_path / "out")
     data = json.loads(
-        re.search(r'id="lineup-data">(.*?)</script>', page.read_text()).group(1)  # type: ignore[union-attr]
+        re.search(r'id="lineup-data">(.*?)</script>', page).group(1)  # type: ignore[union-attr]
     )
+    assert shown == set(re.findall(r"thumbs/[0-9a-f]{32}\.jpg", page))  # the thumbnails the page shows
     assert {p["thumb"] for q in data["queries"] for p in q["photos"]} == {None}  # shown as "no preview"
     document["queries"], document["unreadable"] = [], [{"path": "/x/<b>.jpg", "encounter": "/x"}]
     html = render_lineup(lineup_data(document, {}))

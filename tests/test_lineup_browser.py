@@ -23,7 +23,8 @@ import pytest
 
 from conftest import write_image
 from lineup_world import DIVE, HOSTILE_FILE, HOSTILE_FOLDER, HOSTILE_IDENTITY, World, make_world, run
-from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, MATCHES_JSON, SIGHTINGS_CSV
+from megastarid.core.files import plain_text, spreadsheet_text
+from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, MATCHES_JSON
 from megastarid.data.dates import parse_folder_date
 from megastarid.identification.lineup import DECISION_COLUMNS, VERDICT_ORDER
 
@@ -33,8 +34,9 @@ TOP_K = 3
 #: the decisions are made at this (frozen) browser time
 CLOCK = dt.datetime(2024, 6, 2, 10, 0, 0, tzinfo=dt.UTC)
 CLOCK_ISO = "2024-06-02T10:00:00.000Z"
-STELLA = 'Stella, "the big one"'
-NOTE = 'check arms, "later" <b>&</b> ü'
+#: a name and a note a spreadsheet would run as formulas: decisions.csv and the capture histories mark them
+STELLA = '=Stella, "the big one"'
+NOTE = '@check arms, "later" <b>&</b> ü'
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -176,9 +178,8 @@ def expected_csv(lineup: Lineup, decisions: dict[str, tuple[str, str, str]]) -> 
             continue
         decision, identity, note = decisions[folder]
         for photo in query["photos"]:
-            writer.writerow(
-                [photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO, query["id"]]
-            )
+            cells = [photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO, query["id"]]
+            writer.writerow([spreadsheet_text(cell) for cell in cells])
     return buffer.getvalue()
 
 
@@ -407,14 +408,16 @@ def test_round_trip_apply_identify_again_and_capture_histories(
         run("catalogue", "captures", "--catalogue", world.catalogue, "--by", "outing", "--out", captures) == 0
     )
     table = pd.read_csv(captures, dtype={"individual": str}).set_index("individual")
+    assert spreadsheet_text(STELLA) in table.index  # marked as text for spreadsheets, read back as it was
+    table.index = table.index.map(plain_text)
     starts = [parse_folder_date(outing) for outing in table.columns]
     assert DIVE in table.columns and starts == sorted(starts)  # outings in time order
     for identity in set(went_to.values()):
         assert table.loc[identity, DIVE] == 1
     assert table.loc[STELLA].sum() == 1 and table.loc[generated].sum() == 1
     assert table[DIVE].sum() == len(set(went_to.values()))
-    sightings = pd.read_csv(tmp_path / SIGHTINGS_CSV, dtype=str)
-    stella = sightings[sightings["individual"] == STELLA]
+    sightings = pd.read_csv(tmp_path / "captures.sightings.csv", dtype=str)
+    stella = sightings[sightings["individual"].map(plain_text) == STELLA]
     assert stella[["date", "outing", "photos"]].values.tolist() == [[DIVE, DIVE, "2"]]
 
 

@@ -265,3 +265,16 @@ def test_srun_two_tasks_run_one_ddp_finetune(tmp_path: Path, synthetic_stars: Pa
     assert history["epoch"].tolist() == [0, 1] and history["loss"].iloc[1:].notna().all()
     assert (run / "star_evaluation_summary.json").is_file() and (run / "best.pth").is_file()
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".tmp")]
+
+
+def test_gpus_asked_of_this_cpu_only_cluster_are_one_line_in_the_dry_run(tmp_path: Path) -> None:
+    """Issue 20 #18: this cluster's partitions have no GPUs, so the default --gpus-per-experiment 1 is
+    refused by name before anything is submitted (sbatch would fail on the gres)."""
+    command = [
+        sys.executable, "-m", "megastarid.experiments.grid_search", "--launcher", "slurm", "--dry-run",
+        "--strategies", "star_only", "--losses", "circle", "--output-dir", str(tmp_path / "grid"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 2, done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "has no GPUs: pass --gpus-per-experiment 0" in done.stderr

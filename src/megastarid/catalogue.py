@@ -29,7 +29,7 @@ from megastarid.data.synth import ensure_synthetic
 from megastarid.evaluation.embed import TTA, resolve_tta
 from megastarid.evaluation.openset import Calibration
 from megastarid.evaluation.options import EmbeddingOptions
-from megastarid.identification.build import COMMIT_EVERY, build_catalogue
+from megastarid.identification.build import COMMIT_EVERY, build_catalogue, build_running
 from megastarid.identification.calibrate import (
     calibration_tta,
     check_embedded_alike,
@@ -37,7 +37,13 @@ from megastarid.identification.calibrate import (
     read_calibration,
     update_calibration,
 )
-from megastarid.identification.captures import BY, capture_histories, catalogue_photos, write_captures
+from megastarid.identification.captures import (
+    BY,
+    capture_histories,
+    catalogue_photos,
+    check_captures_out,
+    write_captures,
+)
 from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.decision_history import (
     calibrate_from_decisions,
@@ -175,7 +181,7 @@ def build(options: BuildOptions) -> int:
     if given is not None:
         assert calibration_path is not None
         check_embedded_alike(given, calibration_path, embedder.fingerprint)
-    with open_catalogue(options.catalogue, create=True) as store:
+    with open_catalogue(options.catalogue, create=True) as store, build_running(store):
         report = build_catalogue(store, table, root, embedder, options.rebuild, options.commit_every)
         entry = update_calibration(store, given, source, calibration_path, report.changed, options.accept)
     log.info("catalogue %s: %s", options.catalogue, report.line())
@@ -205,6 +211,14 @@ class InfoOptions:
     """print the facts as JSON"""
 
 
+def datasets_text(datasets: Sequence[str]) -> str:
+    """The named datasets; photos with none (joined by a decision at the root) said so, not shown blank."""
+    named = ", ".join(name for name in datasets if name)
+    if "" not in datasets:
+        return named or "-"
+    return f"{named} (and photos with no dataset)" if named else "none (photos with no dataset)"
+
+
 def info_lines(summary: dict) -> list[str]:
     """``catalogue info``'s text."""
     model = (summary.get("model") or {}).get("fingerprint") or {}
@@ -222,7 +236,7 @@ def info_lines(summary: dict) -> list[str]:
         + (f" ({summary['undated_photos']} undated)" if summary["undated_photos"] else ""),
         f"outings      {summary['outings']} (individual x outing)",
         f"dates        {summary['first_date'] or '-'} .. {summary['last_date'] or '-'}",
-        f"datasets     {', '.join(summary['datasets']) or '-'}",
+        f"datasets     {datasets_text(summary['datasets'])}",
     ]
     if model:
         lines.append(
@@ -267,8 +281,8 @@ CALIBRATE_DESCRIPTION = (
 )
 CAPTURES_DESCRIPTION = (
     "Write capture histories for mark-recapture: the individual x occasion 0/1 matrix (occasions in time "
-    "order) as CSV or as a Program MARK .inp file, and sightings.csv (individual, date, outing, photos) "
-    "beside it."
+    "order) as CSV or as a Program MARK .inp file, and its sightings (individual, date, outing, photos) "
+    "beside it, captures.csv -> captures.sightings.csv."
 )
 
 
@@ -337,11 +351,12 @@ class CapturesOptions(Options):
     catalogue: Path
     """the catalogue file"""
     out: Path
-    """capture histories file (captures.csv, or captures.inp for Program MARK); sightings.csv beside it"""
+    """capture histories file (captures.csv, or captures.inp for Program MARK); captures.sightings.csv beside
+    it"""
     by: Literal["outing", "day", "month", "year"] = "outing"
     """occasions: each survey outing (ordered by date), or each calendar day, month or year of the photos"""
-    format: Literal["csv", "mark"] | None = None
-    """csv (individual x occasion 0/1 table) or mark (Program MARK .inp); default: mark for a .inp --out"""
+    format: Literal["auto", "csv", "mark"] = "auto"
+    """csv (individual x occasion 0/1 table), mark (Program MARK .inp), or auto: mark for a .inp --out"""
     keep_empty: bool = False
     """keep the days, months or years with no photo at all between the first and last as zero columns"""
     dataset: str | None = None
@@ -353,7 +368,10 @@ class CapturesOptions(Options):
 
 
 def captures(options: CapturesOptions) -> int:
-    fmt = options.format or ("mark" if options.out.suffix.lower() == ".inp" else "csv")
+    fmt = options.format
+    if fmt == "auto":
+        fmt = "mark" if options.out.suffix.lower() == ".inp" else "csv"
+    check_captures_out(options.out)
     with open_catalogue(options.catalogue) as store, store.snapshot():
         photos = catalogue_photos(store, options.dataset)
     if not len(photos):

@@ -27,7 +27,7 @@ import torch
 
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_text, write_json
+from megastarid.core.files import write_csv, write_json
 from megastarid.core.options import flag
 from megastarid.core.parsing import parse_options
 from megastarid.core.runfiles import (
@@ -121,7 +121,7 @@ def catalogue_and_identify(finetune: FinetuneConfig, out: Path) -> tuple[Path, P
             "date": known["date"].dt.strftime("%Y-%m-%d"),
         }
     )
-    atomic_write_text(gallery_csv, table.to_csv(index=False))
+    write_csv(gallery_csv, table)
     archive, matches = out / "archive.sqlite", out / "matches"
     checkpoint = Path(finetune.output_dir) / BEST_CHECKPOINT
     _command("catalogue", "build", "--checkpoint", str(checkpoint), "--star-root", str(root), "--star-csv",

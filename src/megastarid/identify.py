@@ -1,8 +1,9 @@
 """``megastarid identify``: name the sea stars in new photos against a catalogue of known individuals.
 
 Writes ``matches.csv``, ``matches.json`` and the lineup page ``lineup.html`` (with its ``thumbs/``) into
-``--out`` (earlier ones there are replaced) and prints a short table and the lineup's path. See
-``megastarid.identification.identify`` for the encounter pooling rule and the verdicts.
+``--out``, replacing an earlier set there whole (``megastarid.identification.outputs``), and prints a short
+table and the lineup's path. See ``megastarid.identification.identify`` for the encounter pooling rule and
+the verdicts.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import tyro
 from megastarid.core.console import run_main
 from megastarid.core.errors import UserError
 from megastarid.core.parsing import parse_options
-from megastarid.core.runfiles import CALIBRATION_JSON
+from megastarid.core.runfiles import CALIBRATION_JSON, LINEUP_HTML, MATCHES_CSV, MATCHES_JSON
+from megastarid.evaluation.openset import Calibration
+from megastarid.identification.build import running_build
 from megastarid.identification.calibrate import stored_calibration
 from megastarid.identification.catalogue_model import catalogue_embedder
 from megastarid.identification.identify import collect_photos, identify_photos, warn_outside_root
-from megastarid.identification.lineup import write_lineup
-from megastarid.identification.matches import matches_document, terminal_table, write_matches
+from megastarid.identification.matches import matches_document, terminal_table
 from megastarid.identification.options import CatalogueModelOptions
+from megastarid.identification.outputs import claimed_output_folder, write_outputs
+from megastarid.identification.store import CatalogueStore
 from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
 from megastarid.identification.store_schema import CALIBRATION, MODEL
@@ -47,7 +51,7 @@ class IdentifyOptions(CatalogueModelOptions):
     photos: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="PHOTO|DIR")]]
     """new photos, or folders of them (searched recursively)"""
     out: Path
-    """output folder for matches.csv, matches.json and lineup.html (earlier ones there are replaced)"""
+    """output folder for matches.csv, matches.json and lineup.html (an earlier set there is replaced whole)"""
     top_k: int = 5
     """candidate individuals per encounter"""
     encounter_by: Literal["folder", "none"] = "folder"
@@ -63,37 +67,49 @@ class IdentifyOptions(CatalogueModelOptions):
         super().__post_init__()
 
 
+def catalogue_ready(store: CatalogueStore, options: IdentifyOptions) -> tuple[dict, Calibration | None]:
+    """The catalogue's model record and calibration; a catalogue that cannot identify yet is one line saying
+    why: a build that has not finished (wait for it), no photos, or no calibration (how to get one)."""
+    record = store.meta(MODEL)
+    calibration = stored_calibration(store)
+    building = running_build(store)
+    if building is not None and (record is None or not store.num_photos() or calibration is None):
+        raise UserError(
+            f"catalogue {options.catalogue}: a build started {building.get('started')} (pid "
+            f"{building.get('pid')} on {building.get('host')}) has not finished: wait for it to end, then "
+            "run identify again"
+        )
+    if record is None or not store.num_photos():
+        raise UserError(f"catalogue {options.catalogue} holds no photos yet (megastarid catalogue build)")
+    if calibration is None and not options.allow_uncalibrated:
+        reason = (store.meta(CALIBRATION) or {}).get("reason") or "none was given or fitted"
+        raise UserError(
+            f"catalogue {options.catalogue} has no calibration ({reason}): rebuild it with --calibration "
+            f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
+            "--allow-uncalibrated for rankings without verdicts"
+        )
+    return record, calibration
+
+
 def identify(options: IdentifyOptions) -> int:
     """Check everything that can be wrong before the model loads; identify; write and print the answers."""
     device = resolve_device(options.device)
-    if options.out.exists() and not options.out.is_dir():
-        raise UserError(f"--out {options.out} is a file, not a folder")
-    with open_catalogue(options.catalogue) as store, store.snapshot():  # one state of it throughout
-        photos = collect_photos(options.photos)
-        record = store.meta(MODEL)
-        if record is None or not store.num_photos():
-            raise UserError(f"catalogue {options.catalogue} holds no photos yet (megastarid catalogue build)")
-        calibration = stored_calibration(store)
-        if calibration is None and not options.allow_uncalibrated:
-            reason = (store.meta(CALIBRATION) or {}).get("reason") or "none was given or fitted"
-            raise UserError(
-                f"catalogue {options.catalogue} has no calibration ({reason}): rebuild it with --calibration "
-                f"FILE (a trained run's {CALIBRATION_JSON}) or with photos from more outings, or pass "
-                "--allow-uncalibrated for rankings without verdicts"
+    with claimed_output_folder(options.out, options.photos) as out:
+        with open_catalogue(options.catalogue) as store, store.snapshot():  # one state of it throughout
+            photos = collect_photos(options.photos)
+            record, calibration = catalogue_ready(store, options)
+            warn_outside_root(photos, store.root)
+            index = load_index(store)
+            embedder = catalogue_embedder(record, options, device)
+            log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
+            result = identify_photos(
+                store, index, embedder, photos, options.top_k, options.encounter_by, calibration
             )
-        warn_outside_root(photos, store.root)
-        index = load_index(store)
-        embedder = catalogue_embedder(record, options, device)
-        log.info("identifying %d photo(s) against %d individuals", len(photos), len(index.names))
-        result = identify_photos(
-            store, index, embedder, photos, options.top_k, options.encounter_by, calibration
-        )
-        document = matches_document(result, store, index)
-    csv_path, json_path = write_matches(document, options.out)
-    lineup = write_lineup(document, options.out)
+            document = matches_document(result, store, index)
+        written = write_outputs(document, out)
     print(terminal_table(document))
-    print(f"wrote {csv_path} and {json_path}")
-    print(f"lineup: {lineup} (open it in a browser to confirm the matches)")
+    print(f"wrote {written[MATCHES_CSV]} and {written[MATCHES_JSON]}")
+    print(f"lineup: {written[LINEUP_HTML]} (open it in a browser to confirm the matches)")
     return 0
 
 

@@ -11,7 +11,13 @@ Text is UTF-8 with ``errors="surrogateescape"``: a Linux file name may hold byte
 (Python keeps them as lone surrogates), and such a name must still fit in a CSV or a list of paths.
 
 ``atomic_write_all`` writes a set of files (a report set) all or nothing: every temp file is filled
-before the first rename. ``remove_stale_temps`` clears the temp files a killed writer left behind.
+before the first rename (``bytes_writer`` and ``text_writer`` fill one from memory).
+``remove_stale_temps`` clears the temp files a killed writer left behind.
+
+Every CSV goes through ``csv_text``: people open our CSVs in spreadsheets, which run a cell that starts
+with ``=``, ``+``, ``-``, ``@``, a tab or a CR as a formula (an individual named ``=cmd|' /C calc'!A0``).
+Such a text cell is written with a leading ``'`` (the spreadsheets' own mark for text), numbers as they
+are; ``plain_text`` undoes it exactly, for the readers of CSVs we wrote (an exported split, decisions.csv).
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megastarid.core.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
@@ -98,11 +107,23 @@ def atomic_write_all(writers: Mapping[Path, Callable[[Path], object]]) -> list[P
     return [path for _, path in temps]
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
-    """Remove the temp files (``.NAME.<8 hex>.tmp``) that writes of ``names`` killed mid-way left in
-    ``folder``; nothing else is touched. Call it only while no writer of those names runs (under the run
-    folder's lock). Returns the removed files."""
-    stems = "|".join(re.escape(_temp_stem(name)) for name in names)
+def bytes_writer(data: bytes) -> Callable[[Path], object]:
+    """An ``atomic_write``/``atomic_write_all`` writer of ``data``."""
+    return lambda tmp: tmp.write_bytes(data)
+
+
+def text_writer(text: str) -> Callable[[Path], object]:
+    """A writer of ``text`` in this module's encoding (non-UTF-8 file names survive)."""
+    return bytes_writer(text.encode(ENCODING, ERRORS))
+
+
+def remove_stale_temps(
+    folder: str | os.PathLike[str], names: Iterable[str] = (), like: str | None = None
+) -> list[Path]:
+    """Remove the temp files (``.NAME.<8 hex>.tmp``) that writes of ``names`` (or of any name the regular
+    expression ``like`` matches) killed mid-way left in ``folder``; nothing else is touched. Call it only
+    while no writer of those names runs (under the folder's lock). Returns the removed files."""
+    stems = "|".join([re.escape(_temp_stem(name)) for name in names] + ([like] if like else []))
     if not stems:
         return []
     pattern = re.compile(rf"\.(?:{stems})\.[0-9a-f]{{8}}\.tmp")
@@ -115,9 +136,12 @@ def remove_stale_temps(folder: str | os.PathLike[str], names: Iterable[str]) -> 
     return removed
 
 
-def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
+def check_writable_folder(
+    path: str | os.PathLike[str], option: str, given: str | os.PathLike[str] | None = None
+) -> Path:
     """Create ``path`` (and its parents) and prove a file can be written there, before any work is done;
-    else a one-line ``UserError`` naming ``option`` and the folder."""
+    else a one-line ``UserError`` naming ``option`` and the folder (and the file ``given`` to the option
+    when ``path`` is the folder it goes into)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -125,7 +149,8 @@ def check_writable_folder(path: str | os.PathLike[str], option: str) -> Path:
         os.close(fd)
         tmp.unlink()
     except OSError as err:
-        raise UserError(f"{option} {path}: cannot write there ({err.strerror or err})") from None
+        where = f"{path}: cannot write there" if given is None else f"{given}: cannot write in {path}"
+        raise UserError(f"{option} {where} ({err.strerror or err})") from None
     return path
 
 
@@ -182,6 +207,47 @@ def read_lines(path: str | os.PathLike[str]) -> list[str]:
     except FileNotFoundError:
         return []
     return [unescape_line(line) for line in text.split("\n") if line]
+
+
+#: a cell a spreadsheet evaluates: its first character after any quotes marks a formula
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+#: a quoted cell that ``spreadsheet_text`` made
+_QUOTED = re.compile(r"'+[=+\-@\t\r]")
+#: a plain number (``-0.5``, ``+1e-3``): a spreadsheet reads it as that number, never as a formula
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs: one that starts like a formula (after any quotes, so that
+    ``plain_text`` is the exact inverse) gets a leading ``'``; a plain number stays as it is."""
+    return "'" + text if _FORMULA.match(text) and not _NUMBER.fullmatch(text) else text
+
+
+def plain_text(cell: str) -> str:
+    """The text behind a cell ``spreadsheet_text`` wrote (a cell a person typed, ``'abc``, stays)."""
+    return cell[1:] if _QUOTED.match(cell) else cell
+
+
+def _text_cell(value: object) -> object:
+    return spreadsheet_text(os.fspath(value)) if isinstance(value, str | os.PathLike) else value
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    """``table`` as CSV without its index, every text cell (and column name) through ``spreadsheet_text``;
+    numeric columns are written as they are. Lines end in CRLF (RFC 4180), so a CR inside a cell is quoted
+    like a newline (with LF endings Python's writer leaves it bare, and the row splits when read back)."""
+    safe = table.copy()
+    for position in range(safe.shape[1]):
+        column = safe.iloc[:, position]
+        if column.dtype.kind == "O":  # object, string and category columns hold the text
+            safe.isetitem(position, column.map(_text_cell).to_numpy())
+    safe.columns = [spreadsheet_text(name) if isinstance(name, str) else name for name in safe.columns]
+    return safe.to_csv(index=False, lineterminator="\r\n")
+
+
+def write_csv(path: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+    """``csv_text(table)`` written atomically."""
+    return atomic_write_text(path, csv_text(table))
 
 
 def display_text(text: str) -> str:

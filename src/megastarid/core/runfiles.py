@@ -77,10 +77,15 @@ MATCHES_CSV = "matches.csv"  # one row per (query, candidate rank)
 MATCHES_JSON = "matches.json"  # the same, nested per query, with each candidate's photos (the lineup's input)
 LINEUP_HTML = "lineup.html"  # the page to confirm matches (opens from the file system, no server)
 THUMBS_DIR = "thumbs"  # the lineup's thumbnails, made once
+OUTPUT_MARKER = (
+    ".megastarid-identify"  # marks (and, locked, holds) the folder: no reader takes photos from it
+)
 DECISIONS_CSV = "decisions.csv"  # what the lineup page exports: one row per decided photo
 
 # ----------------------------------------------------------------- capture histories (catalogue captures)
-SIGHTINGS_CSV = "sightings.csv"  # individual, date, outing, photos: written next to the capture histories
+SIGHTINGS_SUFFIX = (
+    ".sightings.csv"  # individual, date, outing, photos: captures.csv -> captures.sightings.csv
+)
 
 # ----------------------------------------------------------------- loss terms (history.csv columns)
 LOSS = "loss"  # the weighted total that is optimised

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_text
+from megastarid.core.files import write_csv
 from megastarid.data.catalogue import (
     CATALOGUE_COLUMNS,
     examples,
@@ -173,6 +173,6 @@ def export_split(df: pd.DataFrame, unreadable: dict[str, str] | None, out: Path)
         table["readable"] = ~table["path"].isin(unreadable)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, table.to_csv(index=False))  # a failure never leaves half a file
+        write_csv(out, table)  # a failure never leaves half a file
     except OSError as err:
         raise UserError(f"cannot write --export-split {out}: {err.strerror}") from err

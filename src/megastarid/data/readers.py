@@ -20,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.core.files import plain_text
+from megastarid.core.runfiles import OUTPUT_MARKER
 from megastarid.data.catalogue import as_catalogue, examples, normalise_split
 from megastarid.data.dates import parse_folder_dates
 from megastarid.data.images import is_image_file
@@ -53,8 +55,9 @@ def require_dir(root: str | Path, what: str) -> Path:
 def walk(root: Path, unreadable: list[str] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk`` over the non-hidden entries below ``root``, in sorted order, that follows symlinked
     folders (a data set is often assembled from links) but never re-enters a folder it is inside, so a
-    link loop ends. Folders that cannot be listed are appended to ``unreadable`` (when given) instead of
-    vanishing."""
+    link loop ends, and never enters an output folder of identify (it holds ``OUTPUT_MARKER``: its
+    thumbnails are no photos). Folders that cannot be listed are appended to ``unreadable`` (when given)
+    instead of vanishing."""
     real_paths: dict[str, str] = {}
 
     def on_error(err: OSError) -> None:
@@ -68,6 +71,10 @@ def walk(root: Path, unreadable: list[str] | None = None) -> Iterator[tuple[str,
             dirs[:] = []
             continue
         real_paths[folder] = real
+        if OUTPUT_MARKER in files:
+            log.info("skipped %s: an output folder of megastarid identify", folder)
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         yield folder, dirs, sorted(name for name in files if not name.startswith("."))
 
@@ -181,14 +188,19 @@ def read_identity_folders(root: str | Path, dataset: str | None = None) -> pd.Da
 
 
 def _read_table(csv_path: Path) -> pd.DataFrame:
-    """A CSV as strings ("" for blanks) with stripped, lower-case column names."""
+    """A CSV as strings ("" for blanks) with stripped, lower-case column names; a cell we wrote as text for
+    spreadsheets (``core.files.csv_text``: an exported split) reads as it was."""
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserError(f"{csv_path} is not a readable CSV file: {str(err).splitlines()[0]}") from err
     except OSError as err:
         raise UserError(f"cannot read {csv_path}: {err.strerror or err}") from err
-    table.columns = [str(c).strip().lower() for c in table.columns]
+    table.columns = [plain_text(str(c)).strip().lower() for c in table.columns]
+    for position in range(table.shape[1]):
+        column = table.iloc[:, position]
+        if column.str.startswith("'").any():  # the few columns with quoted cells are looked at cell by cell
+            table.isetitem(position, column.map(plain_text).to_numpy())
     return table
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from megastarid.core.files import atomic_write, atomic_write_text, write_json
+from megastarid.core.files import atomic_write, write_csv, write_json
 from megastarid.core.runfiles import (
     OPENSET_CURVE_PNG,
     OPENSET_THRESHOLDS_CSV,
@@ -112,8 +112,8 @@ def write_openset_reports(
     }
     summary = {key: _plain(value) for key, value in summary.items()}
     table = answers_table(answers, paths, calibration)
-    atomic_write_text(out_dir / STAR_OPENSET_QUERIES_CSV, table.to_csv(index=False))
-    atomic_write_text(out_dir / OPENSET_THRESHOLDS_CSV, sweep.to_csv(index=False))
+    write_csv(out_dir / STAR_OPENSET_QUERIES_CSV, table)
+    write_csv(out_dir / OPENSET_THRESHOLDS_CSV, sweep)
     hindsight = summary["hindsight_threshold"]
     plot_openset_curve(
         sweep, calibration, math.nan if hindsight is None else hindsight, out_dir / OPENSET_CURVE_PNG

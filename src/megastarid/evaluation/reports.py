@@ -21,12 +21,12 @@ from matplotlib.ticker import MaxNLocator
 from pandas.api.typing import DataFrameGroupBy
 
 from megastarid.core.files import (
-    ENCODING,
-    ERRORS,
     atomic_write,
     atomic_write_all,
-    atomic_write_text,
+    bytes_writer,
+    csv_text,
     display_text,
+    text_writer,
 )
 from megastarid.core.runfiles import (
     CMC_PNG,
@@ -185,21 +185,6 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def bytes_writer(data: bytes) -> Callable[[Path], object]:
-    """An ``atomic_write``/``atomic_write_all`` writer of ``data``."""
-    return lambda tmp: tmp.write_bytes(data)
-
-
-def text_writer(text: str) -> Callable[[Path], object]:
-    """A writer of ``text`` in the encoding of ``core.files`` (non-UTF-8 file names survive)."""
-    return bytes_writer(text.encode(ENCODING, ERRORS))
-
-
-def write_csv(path: Path, table: pd.DataFrame) -> Path:
-    """A report table, atomically, without the index."""
-    return atomic_write_text(path, table.to_csv(index=False))
-
-
 def write_reports(
     out_dir: Path,
     queries: pd.DataFrame,
@@ -218,9 +203,9 @@ def write_reports(
     folders = folder_table(queries, ks)
     plotted = folders if 1 in ks else folder_table(queries, sorted({1, *ks}))
     files: dict[Path, Callable[[Path], object]] = {
-        out_dir / STAR_QUERY_CSV: text_writer(queries.to_csv(index=False)),
-        out_dir / STAR_IDENTITY_CSV: text_writer(identity_table(queries, ks).to_csv(index=False)),
-        out_dir / STAR_FOLDER_CSV: text_writer(folders.to_csv(index=False)),
+        out_dir / STAR_QUERY_CSV: text_writer(csv_text(queries)),
+        out_dir / STAR_IDENTITY_CSV: text_writer(csv_text(identity_table(queries, ks))),
+        out_dir / STAR_FOLDER_CSV: text_writer(csv_text(folders)),
         out_dir / STAR_SUMMARY_JSON: text_writer(json.dumps(summary_dict, indent=2, default=str) + "\n"),
         out_dir / CMC_PNG: bytes_writer(png_bytes(cmc_figure(results, max(CMC_CURVE_MAX_K, *ks)))),
         out_dir / FOLDER_PNG: bytes_writer(png_bytes(folders_figure(plotted))),

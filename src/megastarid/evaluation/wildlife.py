@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from megastarid.core.files import atomic_write_all
+from megastarid.core.files import atomic_write_all, csv_text, text_writer
 from megastarid.core.runfiles import WILDLIFE_DATASET_CSV, WILDLIFE_SUMMARY_JSON
 from megastarid.evaluation.embed import TTA
 from megastarid.evaluation.embeddings import EmbeddingSet
@@ -28,7 +28,6 @@ from megastarid.evaluation.reports import (
     query_table,
     rank_stats,
     summary,
-    text_writer,
 )
 from megastarid.evaluation.star import TEST_SIDES, embed_catalogue, embedding_facts, rank_embeddings
 
@@ -85,7 +84,7 @@ def evaluate_wildlife_embeddings(
         atomic_write_all(  # both or neither
             {
                 out_dir / WILDLIFE_SUMMARY_JSON: text_writer(summary_text),
-                out_dir / WILDLIFE_DATASET_CSV: text_writer(table.to_csv(index=False)),
+                out_dir / WILDLIFE_DATASET_CSV: text_writer(csv_text(table)),
             }
         )
     log.info(

@@ -41,6 +41,7 @@ from megastarid.experiments.results import RESULTS_CSV, RESULTS_PNG, SUMMARY_MD,
 from megastarid.experiments.runner import run_grid
 from megastarid.experiments.slurm import (
     SlurmSettings,
+    check_partition_gpus,
     parse_extra,
     parse_mem,
     parse_time,
@@ -314,6 +315,8 @@ def run(options: GridSearchOptions, train_args: Sequence[str] = ()) -> int:
     slots: list[int | None] = list(config.gpus) or [None]
     assignment = assign_devices(experiments, slots)
     settings = options.slurm_settings()
+    if slurm:
+        check_partition_gpus(settings)
     gpus = settings.gpus_per_experiment
     device = f"SLURM job, {plural(gpus, 'GPU')}" if gpus else "SLURM job, CPU only"
     device = device if slurm else default_device()

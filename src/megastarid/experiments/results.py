@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from megastarid.core.files import atomic_write, atomic_write_text
+from megastarid.core.files import atomic_write, atomic_write_text, write_csv
 from megastarid.core.runfiles import GRID_JOB_JSON, GRID_STATUS_JSON, RUN_SUMMARY_JSON, STAR_SUMMARY_JSON
 from megastarid.experiments.plan import Experiment, PhaseState, plural, read_json
 
@@ -233,7 +233,7 @@ def write_results(experiments: Sequence[Experiment], output_dir: Path) -> pd.Dat
     """Write the three result files into ``output_dir`` and return the results table."""
     output_dir.mkdir(parents=True, exist_ok=True)
     results = collect_results(experiments)
-    atomic_write_text(output_dir / RESULTS_CSV, results.to_csv(index=False))
+    write_csv(output_dir / RESULTS_CSV, results)
     atomic_write_text(output_dir / SUMMARY_MD, summary_markdown(results, output_dir))
     plot_results(results, output_dir / RESULTS_PNG)
     return results

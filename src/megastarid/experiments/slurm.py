@@ -139,6 +139,41 @@ def parse_extra(items: Sequence[str]) -> dict[str, str]:
     return extra
 
 
+def partition_gres(partition: str | None) -> tuple[str, list[str]] | None:
+    """The name of ``partition`` (None: the cluster's default one) and the generic resources of its nodes
+    (``sinfo``'s ``%G``, e.g. ``gpu:a100:4``); None when sinfo cannot tell (no sinfo, no cluster, no such
+    partition)."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    found: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        name, _, resources = line.strip().partition("|")
+        if name.rstrip("*") == partition or (partition is None and name.endswith("*")):
+            found.setdefault(name.rstrip("*"), []).append(resources)
+    return next(iter(found.items()), None)
+
+
+def check_partition_gpus(settings: SlurmSettings) -> None:
+    """Before anything is submitted (and in the dry run): GPUs asked of a partition whose nodes have none is
+    one line saying so, instead of sbatch's "Invalid generic resource (gres) specification"."""
+    if not settings.gpus_per_experiment:
+        return
+    found = partition_gres(settings.partition)
+    if found is None or any("gpu" in resources for resources in found[1]):
+        return
+    name = found[0] if settings.partition else f"{found[0]} (the default)"
+    raise UserError(
+        f"SLURM partition {name} has no GPUs: pass --gpus-per-experiment 0 to train on its CPUs, or "
+        "--partition with one that has GPUs (see sinfo -o '%P %G')"
+    )
+
+
 def sbatch_lines(settings: SlurmSettings, folder: Path, array_size: int) -> list[str]:
     """The ``#SBATCH`` lines submitit writes for the grid's array job (the dry run shows them)."""
     params = settings.parameters()

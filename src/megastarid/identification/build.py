@@ -15,14 +15,18 @@ A build is incremental and resumable:
   kept while their files exist, whatever the source says of them (a ``rebuild`` forgets them: apply the
   decisions files again);
 - a catalogue built with another model (its fingerprint: weights, backbone, image size, TTA, embedding
-  size) is refused unless ``rebuild``, which empties it and embeds every photo again.
+  size) is refused unless ``rebuild``, which empties it and embeds every photo again;
+- a build records itself in the catalogue while it runs (``build_running``: its pid, host and start), so
+  that ``identify`` meanwhile says to wait for it rather than to rebuild (``running_build``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: photos per transaction of a build
 COMMIT_EVERY = 256
+#: meta key: the build writing the catalogue now (pid, host, started), null when none
+BUILDING = "building"
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -69,6 +75,38 @@ class BuildReport:
             f"re-used, {self.relabelled} relabelled, {self.unchanged} unchanged, {self.removed} removed, "
             f"{len(self.unreadable)} unreadable)"
         )
+
+
+@contextlib.contextmanager
+def build_running(store: CatalogueStore) -> Iterator[None]:
+    """Record in the catalogue that this process builds it, until the build (calibration included) ends."""
+    with store.transaction():
+        store.set_meta(BUILDING, {"pid": os.getpid(), "host": socket.gethostname(), "started": now()})
+    try:
+        yield
+    finally:
+        with store.transaction():
+            store.set_meta(BUILDING, None)
+
+
+def running_build(store: CatalogueStore) -> dict | None:
+    """The record of a build that has not finished: its process is alive here, or it ran on another host
+    (whose processes cannot be seen); None when no build is recorded or its process is gone (killed)."""
+    record = store.meta(BUILDING)
+    if not isinstance(record, dict):
+        return None
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname():
+        return record
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return None
+    except PermissionError:  # alive, another user's
+        return record
+    return record
 
 
 def iso_date(value: object) -> str | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ def update_calibration(
         calibration = given if accept is None else replace(given, accept=accept)
         entry = {
             "source": source,
-            "path": None if path is None else str(path),
+            "path": None if path is None else os.path.abspath(path),  # not relative to where the build ran
             "calibration": calibration.to_dict(),
         }
     elif (

@@ -10,14 +10,14 @@
 - **Formats**: ``csv`` (``individual`` then one column per occasion) or Program MARK's ``.inp`` (``mark``):
   one line per individual, ``/* individual */ 0101 1;`` (history, a count of 1, ``;``), after comments that
   name the occasions in order.
-- **Sightings** (``sightings.csv`` beside it): individual, date, outing, photos: one row per individual,
-  outing and date.
+- **Sightings** (beside it, named after it: ``captures.csv`` -> ``captures.sightings.csv``, so histories
+  written side by side keep their own): individual, date, outing, photos: one row per individual, outing
+  and date.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,8 +25,8 @@ from typing import Literal
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_all
-from megastarid.core.runfiles import SIGHTINGS_CSV
+from megastarid.core.files import atomic_write_all, check_writable_folder, csv_text, text_writer
+from megastarid.core.runfiles import SIGHTINGS_SUFFIX
 from megastarid.identification.store import CatalogueStore
 
 log = logging.getLogger(__name__)
@@ -169,28 +169,29 @@ def mark_inp(histories: CaptureHistories, source: str = "") -> str:
 
 
 def sightings_path(out: Path) -> Path:
-    return out.parent / SIGHTINGS_CSV
+    """Where the sightings of the histories written to ``out`` go: ``<stem>.sightings.csv`` beside it."""
+    return out.with_name(out.stem + SIGHTINGS_SUFFIX)
+
+
+def check_captures_out(out: Path) -> None:
+    """Before any work: ``--out`` names a file (not a folder) in a folder that can be written (created when
+    missing); else one line naming it."""
+    if out.name.endswith(SIGHTINGS_SUFFIX):
+        raise UserError(
+            f"--out {out}: names ending in {SIGHTINGS_SUFFIX} are for the sightings written beside capture "
+            "histories; choose another"
+        )
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as captures.csv")
+    check_writable_folder(out.parent, "--out", out)
 
 
 def write_captures(histories: CaptureHistories, out: Path, fmt: str, source: str = "") -> tuple[Path, Path]:
-    """Write the histories to ``out`` (``csv`` or ``mark``) and ``sightings.csv`` beside it, together."""
+    """Write the histories to ``out`` (``csv`` or ``mark``; checked by ``check_captures_out``) and their
+    sightings beside it (``sightings_path``), together."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     sightings = sightings_path(out)
-    if os.path.abspath(out) == os.path.abspath(sightings):
-        raise UserError(f"--out {out}: that name is taken by the sightings written beside it; choose another")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as captures.csv")
-    text = (
-        mark_inp(histories, source) if fmt == "mark" else histories.matrix.reset_index().to_csv(index=False)
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def writer(content: str):
-        def write(tmp: Path) -> None:
-            tmp.write_text(content, encoding="utf-8", errors="surrogateescape")
-
-        return write
-
-    atomic_write_all({out: writer(text), sightings: writer(histories.sightings.to_csv(index=False))})
+    text = mark_inp(histories, source) if fmt == "mark" else csv_text(histories.matrix.reset_index())
+    atomic_write_all({out: text_writer(text), sightings: text_writer(csv_text(histories.sightings))})
     return out, sightings

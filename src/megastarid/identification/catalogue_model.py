@@ -33,7 +33,7 @@ def catalogue_embedder(
         )
     if stored.kind == "checkpoint":
         path = options.checkpoint or Path(source["checkpoint"])
-        if not path.is_file():
+        if options.checkpoint is None and not path.is_file():  # a given path: loading it says what is wrong
             raise UserError(
                 f"catalogue {catalogue} was built with checkpoint {source['checkpoint']}, which is not there "
                 "any more: pass --checkpoint PATH to the same file"
@@ -43,7 +43,7 @@ def catalogue_embedder(
     else:
         recorded = Path(source["weights"]) if source.get("weights") else None
         weights_path = options.backbone_weights or recorded
-        if weights_path is not None and not weights_path.is_file():
+        if options.backbone_weights is None and weights_path is not None and not weights_path.is_file():
             raise UserError(
                 f"catalogue {catalogue} was built with backbone weights {weights_path}, which are not there "
                 "any more: pass --backbone-weights FILE"

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_text, write_json
+from megastarid.core.files import write_csv, write_json
 from megastarid.evaluation.openset import (
     MIN_CALIBRATION_QUERIES,
     OpenSetAnswers,
@@ -219,7 +219,7 @@ def write_evaluation(document: dict[str, Any], answers: Sequence[Answer], out: P
     frame = pd.DataFrame(rows, columns=["model", "figure", "value", "low", "high", "n"])
     paths = [
         write_json(out / EVALUATION_JSON, document),
-        atomic_write_text(out / EVALUATION_CSV, frame.to_csv(index=False)),
+        write_csv(out / EVALUATION_CSV, frame),
     ]
     probability, right = reliability_points(answers)
     if probability.size:

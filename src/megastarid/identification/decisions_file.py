@@ -5,7 +5,9 @@ One row per photo, columns ``query`` (the photo: absolute, or relative to the ca
 ``encounter``, ``decision`` (``confirm`` / ``new`` / ``unsure``), ``identity`` (the confirmed individual, or
 the new individual's name, may be empty), ``note``, ``time`` (ISO 8601, when the decision was made) and
 ``query_id`` (the query's ``id`` in identify's ``matches.json``; files written before it are read without).
-UTF-8, a header line, RFC 4180 quoting; other columns are ignored. The photo, encounter and individual are
+UTF-8, a header line, RFC 4180
+quoting, a cell that starts like a formula marked as text with a leading ``'`` (``core.files.plain_text``
+reads it as it was typed); other columns are ignored. The photo, encounter and individual are
 kept exactly as written (a file or an individual may be named with a space at either end), the decision,
 note and time without surrounding spaces; an individual's name, whatever the decision, keeps the name rule
 (``names``).
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megastarid.core.errors import UserError, quoted
+from megastarid.core.files import plain_text
 from megastarid.identification.names import name_fault
 
 DECISIONS = ("confirm", "new", "unsure")
@@ -58,7 +61,7 @@ def read_decisions(path: Path) -> list[Decision]:
             lines: list[tuple[int, list[str]]] = []
             start = 1
             for fields in reader:
-                lines.append((start, fields))
+                lines.append((start, [plain_text(cell) for cell in fields]))  # the page's text cells
                 start = reader.line_num + 1
     except FileNotFoundError:
         raise UserError(f"decisions file {path} does not exist") from None

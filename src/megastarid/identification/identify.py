@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from megastarid.core.errors import UserError
+from megastarid.core.runfiles import OUTPUT_MARKER
 from megastarid.data.catalogue import examples
 from megastarid.data.images import is_image_file
 from megastarid.data.readers import list_files
@@ -104,11 +105,14 @@ class IdentifyResult:
 
 
 def collect_photos(inputs: Sequence[Path]) -> list[str]:
-    """Every photo named or found (recursively, hidden files skipped) in the inputs, absolute, in order,
-    each once; a missing input, a named file that is not a photo, or no photo at all is one line."""
+    """Every photo named or found (recursively, hidden files and identify's output folders skipped) in the
+    inputs, absolute, in order, each once; a missing input, a named file that is not a photo, an output
+    folder, or no photo at all is one line."""
     photos: dict[str, None] = {}
     for item in inputs:
         path = Path(item).expanduser()
+        if (path / OUTPUT_MARKER).is_file():
+            raise UserError(f"{path} is an output folder of megastarid identify, not photos to identify")
         if path.is_dir():
             found = [str(file) for file in list_files(path) if is_image_file(file)]
             if not found:

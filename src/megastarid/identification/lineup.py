@@ -18,7 +18,8 @@ runs only its own script, by hash), thumbnails in the sibling folder ``thumbs/``
   ``textContent`` and properties, never ``innerHTML``; everything else goes through jinja2's autoescape.
 
 Thumbnails (``THUMB_SIZE`` px JPEG, decoded at reduced size) are named from the photo's path, size and
-modification time: made once, reused by later runs, remade when the photo changes.
+modification time: made once, reused by later runs, remade when the photo changes; those the page no longer
+shows go (``remove_unused_thumbnails``). ``outputs`` writes the page with the rest of identify's set.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -38,8 +40,8 @@ import jinja2
 from markupsafe import Markup
 from PIL import Image
 
-from megastarid.core.files import atomic_write, atomic_write_text
-from megastarid.core.runfiles import DECISIONS_CSV, LINEUP_HTML, THUMBS_DIR
+from megastarid.core.files import atomic_write, remove_stale_temps
+from megastarid.core.runfiles import DECISIONS_CSV, THUMBS_DIR
 from megastarid.data.catalogue import examples
 from megastarid.data.images import BadImageError, load_rgb
 from megastarid.identification.paths import path_ref
@@ -58,6 +60,8 @@ DECISIONS = ("confirm", "new", "unsure")
 STORAGE_PREFIX = "megastarid-lineup:"
 
 _TEMPLATES = "templates"
+#: a thumbnail's file name (``thumbnail_name``)
+_THUMB_FILE = re.compile(r"[0-9a-f]{32}\.jpg")
 _SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
@@ -87,6 +91,22 @@ def _make_thumbnail(source: str, target: Path, size: int) -> bool:
     image.thumbnail((size, size), Image.Resampling.BICUBIC)
     atomic_write(target, lambda tmp: image.save(tmp, "JPEG", quality=THUMB_QUALITY))
     return True
+
+
+def remove_unused_thumbnails(out_dir: Path, shown: set[str]) -> int:
+    """Remove from ``out_dir/thumbs`` the thumbnails the page does not show (``shown``: their ``thumbs/…``
+    names) and the temp files of killed thumbnail writes; other files stay. Returns how many went."""
+    folder = out_dir / THUMBS_DIR
+    removed = remove_stale_temps(folder, like=_THUMB_FILE.pattern)
+    with os.scandir(folder) as entries:
+        unused = [
+            Path(entry.path)
+            for entry in entries
+            if _THUMB_FILE.fullmatch(entry.name) and f"{THUMBS_DIR}/{entry.name}" not in shown
+        ]
+    for path in unused:
+        path.unlink(missing_ok=True)
+    return len(removed) + len(unused)
 
 
 def make_thumbnails(paths: Iterable[str], out_dir: Path, size: int = THUMB_SIZE) -> dict[str, str | None]:
@@ -259,8 +279,9 @@ def render_lineup(data: dict[str, Any]) -> str:
     )
 
 
-def write_lineup(document: dict[str, Any], out_dir: Path, thumb_size: int = THUMB_SIZE) -> Path:
-    """Make the thumbnails (those missing) and write ``out_dir/lineup.html`` atomically; returns its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def lineup_page(
+    document: dict[str, Any], out_dir: Path, thumb_size: int = THUMB_SIZE
+) -> tuple[str, set[str]]:
+    """Make the thumbnails (those missing) under ``out_dir``; the page's HTML and the thumbnails it shows."""
     thumbs = make_thumbnails(photo_paths(document), out_dir, thumb_size)
-    return atomic_write_text(out_dir / LINEUP_HTML, render_lineup(lineup_data(document, thumbs)))
+    return render_lineup(lineup_data(document, thumbs)), {name for name in thumbs.values() if name}

@@ -20,15 +20,15 @@ null without a calibration.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from megastarid.core.files import atomic_write_text, write_json
+from megastarid.core.files import csv_text
 from megastarid.core.runfiles import MATCHES_CSV, MATCHES_JSON
 from megastarid.identification.calibrate import SOURCES
 from megastarid.identification.identify import POOLING, VERDICTS, IdentifyResult
@@ -197,12 +197,12 @@ def matches_table(document: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-def write_matches(document: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``matches.json`` and ``matches.csv`` into ``out_dir`` (created), each atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = write_json(out_dir / MATCHES_JSON, document)
-    csv_path = atomic_write_text(out_dir / MATCHES_CSV, matches_table(document).to_csv(index=False))
-    return csv_path, json_path
+def matches_texts(document: dict[str, Any]) -> dict[str, str]:
+    """The text of ``matches.json`` and ``matches.csv``, by file name (``outputs`` writes them)."""
+    return {
+        MATCHES_JSON: json.dumps(document, indent=2) + "\n",
+        MATCHES_CSV: csv_text(matches_table(document)),
+    }
 
 
 def _short(path: str, width: int) -> str:

@@ -28,6 +28,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], 
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
+#: how a checkpoint file starts: ``torch.save``'s zip archive, or the legacy format's pickle (protocol 2 or
+#: later); anything else never reaches the unpickler, whose complaints about text read as if it held code
+_ZIP_START = b"PK\x03\x04"
+_PICKLE_START = b"\x80"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check it: anything wrong with the file, its config
     or its weights (NaN/inf) is a one-line ``UserError`` naming it."""
@@ -37,11 +43,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        if path.stat().st_size == 0:
-            raise UserError(f"checkpoint {path} is an empty file (its write was cut short?)")
+        with path.open("rb") as handle:
+            start = handle.read(len(_ZIP_START))
+    except OSError as err:
+        raise UserError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if not start:
+        raise UserError(f"checkpoint {path} is an empty file (its write was cut short?)")
+    if not start.startswith((_ZIP_START, _PICKLE_START)):  # text (a calibration.json), an image ...
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except UserError:
-        raise
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise UserError(
@@ -51,9 +62,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file, or a damaged one") from None
     except Exception as err:
         if not zipfile.is_zipfile(path):
-            with path.open("rb") as handle:
-                damaged = handle.read(4) == b"PK\x03\x04"  # a zip archive's start, its end missing
-            if damaged:
+            if start == _ZIP_START:  # a zip archive's start, its end missing
                 raise UserError(f"checkpoint {path} cannot be read: it is cut short or damaged") from None
             raise UserError(f"checkpoint {path} is not a PyTorch checkpoint file") from None
         reason = str(err).splitlines()[0][:200] if str(err) else "corrupt file"

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.core.files import atomic_write_text, remove_stale_temps
+from megastarid.core.files import remove_stale_temps, write_csv
 from megastarid.core.runfiles import (
     BEST_CHECKPOINT,
     CONFIG_YAML,
@@ -164,4 +164,4 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pd.DataFrame(rows)
     first = [c for c in HISTORY_COLUMNS if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
-    atomic_write_text(path, table.to_csv(index=False))
+    write_csv(path, table)

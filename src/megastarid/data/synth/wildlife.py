@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw
 
+from megastarid.core.files import write_csv
 from megastarid.data.synth.canvas import (
     SUPERSAMPLE,
     Camera,
@@ -185,5 +186,5 @@ def write_wildlife(root: Path, identities: int, seed: int, image_size: int) -> i
                     }
                 )
             cluster += 1
-    pd.DataFrame(rows, columns=list(METADATA_COLUMNS)).to_csv(root / "metadata.csv", index=False)
+    write_csv(root / "metadata.csv", pd.DataFrame(rows, columns=list(METADATA_COLUMNS)))
     return len(rows)

@@ -266,8 +266,15 @@
   }
 
   // -------------------------------------------------------------------------------------------- export
+  // a cell that starts like a formula (= + - @ tab CR, after any quotes) is marked as text with a leading ',
+  // as megastarid.core.files.spreadsheet_text does, so no spreadsheet runs it; plain numbers stay
+  function spreadsheetText(text) {
+    const formula = /^'*[=+\-@\t\r]/.test(text);
+    return formula && !/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(text) ? "'" + text : text;
+  }
+
   function csvField(value) {
-    const text = value === null || value === undefined ? "" : String(value);
+    const text = spreadsheetText(value === null || value === undefined ? "" : String(value));
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
 
