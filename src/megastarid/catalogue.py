@@ -90,6 +90,8 @@ class BuildOptions(EmbeddingOptions, StarDataOptions):
     """empty a catalogue built with another model and embed every photo again"""
     commit_every: int = COMMIT_EVERY
     """photos per transaction (a killed build loses at most one batch)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.backbone is None):
@@ -175,7 +177,7 @@ def build(options: BuildOptions) -> int:
     if given is not None:
         assert calibration_path is not None
         check_embedded_alike(given, calibration_path, embedder.fingerprint)
-    with open_catalogue(options.catalogue, create=True) as store:
+    with open_catalogue(options.catalogue, create=True, wait=options.wait) as store:
         report = build_catalogue(store, table, root, embedder, options.rebuild, options.commit_every)
         entry = update_calibration(store, given, source, calibration_path, report.changed, options.accept)
     log.info("catalogue %s: %s", options.catalogue, report.line())
@@ -280,12 +282,14 @@ class ApplyOptions(CatalogueModelOptions):
     """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time, ...)"""
     matches: Path | None = None
     """identify's matches.json the decisions answer: its proposals are logged with them (for evaluate)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
 
 def apply(options: ApplyOptions) -> int:
     """Apply a decisions file; the model is loaded only when a photo must be embedded."""
     device = resolve_device(options.device)
-    with open_catalogue(options.catalogue) as store:
+    with open_catalogue(options.catalogue, write=True, wait=options.wait) as store:
         record = store.meta(MODEL)
 
         def embedder() -> Embedder:
@@ -403,10 +407,12 @@ class CalibrateOptions(Options):
     """the catalogue file"""
     accept: float | None = None
     """P at or above which a verdict is match (default: the current calibration's)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
 
 def calibrate(options: CalibrateOptions) -> int:
-    with open_catalogue(options.catalogue) as store:
+    with open_catalogue(options.catalogue, write=True, wait=options.wait) as store:
         entry = calibrate_from_decisions(store, options.accept)
     print(f"calibration: {describe(entry)}")
     return 0

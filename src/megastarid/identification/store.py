@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -68,18 +69,28 @@ class PhotoRecord:
 class CatalogueStore:
     """An open catalogue file. Use ``store_open.open_catalogue``; close it (or use it as a context manager).
 
-    ``busy_timeout``: the seconds ``connection`` waits for another one's write lock (``store_open``).
+    ``busy_timeout``: the seconds ``connection`` waits for another one's write lock; ``lock``: a writer's
+    open lock file, released on closing (``store_open``).
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, busy_timeout: float) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, busy_timeout: float, lock: int | None = None
+    ) -> None:
         self.path = path
         self.con = connection
         self.busy_timeout = busy_timeout
+        self.lock = lock
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.con.close()
+        """Close the connection, then let the next writer in."""
+        try:
+            self.con.close()
+        finally:
+            if self.lock is not None:
+                os.close(self.lock)
+                self.lock = None
 
     def __enter__(self) -> CatalogueStore:
         return self
@@ -96,7 +107,7 @@ class CatalogueStore:
             if "locked" not in str(err) and "busy" not in str(err):
                 raise
             raise UserError(
-                f"catalogue {self.path} is busy: another build is writing to it "
+                f"catalogue {self.path} is busy: another program is writing to it "
                 f"(waited {self.busy_timeout:.0f} s)"
             ) from None
         try:

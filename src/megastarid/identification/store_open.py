@@ -2,6 +2,12 @@
 
 A new file gets large pages and WAL mode; every connection waits up to ``BUSY_TIMEOUT`` for another one's
 write lock and has foreign keys on.
+
+One writer at a time: a build or an apply works through many transactions (a build commits batch by batch)
+and plans from what it read first, so two at once would trip over each other's rows. A writer holds the
+catalogue's lock file (``archive.sqlite-lock``, ``core.locks``: its pid inside, released when it ends,
+however it ends) from opening to closing; a second writer is refused in one line naming that pid, or
+waits for it (``wait``). Readers take no lock: WAL lets them read the last commit while a writer works.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from megastarid.core.errors import UserError
+from megastarid.core.locks import LockBusy, take_lock
 from megastarid.identification.store import CatalogueStore, now
 from megastarid.identification.store_schema import (
     APPLICATION_ID,
@@ -26,14 +33,20 @@ log = logging.getLogger(__name__)
 
 #: seconds a connection waits for another one's write lock before giving up
 BUSY_TIMEOUT = 60.0
+#: the writer's lock file is the catalogue's name with this added (beside SQLite's -wal and -shm)
+LOCK_SUFFIX = "-lock"
 
 
 def _not_ours(path: Path, why: str) -> UserError:
     return UserError(f"{path} is not a MegaStarID catalogue ({why})")
 
 
-def open_catalogue(path: str | os.PathLike[str], create: bool = False) -> CatalogueStore:
-    """Open a catalogue file; with ``create`` a missing (or empty) file becomes a new catalogue.
+def open_catalogue(
+    path: str | os.PathLike[str], write: bool = False, create: bool = False, wait: bool = False
+) -> CatalogueStore:
+    """Open a catalogue file, to read or (``write``) to change it; with ``create`` (a writer) a missing (or
+    empty) file becomes a new catalogue. A writer holds the catalogue's lock until it closes; another
+    writer holding it is one line naming its pid, unless ``wait`` (then it waits for it).
 
     A missing file (without ``create``), a file that is not SQLite, an SQLite file that is not a catalogue
     and a catalogue written by a newer MegaStarID are each one line naming the file.
@@ -48,22 +61,45 @@ def open_catalogue(path: str | os.PathLike[str], create: bool = False) -> Catalo
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     path = Path(os.path.abspath(path))
+    lock = _lock(path, wait) if write or create else None
     try:
         uri = path.as_uri() + ("?mode=rwc" if create else "?mode=rw")
         con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
     except sqlite3.Error as err:
+        if lock is not None:
+            os.close(lock)
         raise UserError(f"catalogue {path} cannot be opened ({err})") from None
+    store = CatalogueStore(path, con, BUSY_TIMEOUT, lock)
     try:
-        store = CatalogueStore(path, con, BUSY_TIMEOUT)
         _check_or_create(store, create)
         con.execute("PRAGMA foreign_keys = ON")
     except sqlite3.DatabaseError as err:
-        con.close()
+        store.close()
         raise _not_ours(path, f"not an SQLite database: {err}") from None
     except BaseException:
-        con.close()
+        store.close()
         raise
     return store
+
+
+def _lock(path: Path, wait: bool) -> int:
+    """Take the catalogue's writer lock (``wait``: for as long as another writer holds it)."""
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        try:
+            return take_lock(lock)
+        except LockBusy as busy:
+            if not wait:
+                raise UserError(
+                    f"catalogue {path} is busy: another process (pid {busy.holder}) is writing to it; try "
+                    "again when it ends, or pass --wait to wait for it"
+                ) from None
+            log.info("catalogue %s is busy (pid %s writes to it): waiting for it to end", path, busy.holder)
+            return take_lock(lock, wait=True)
+    except OSError as err:
+        raise UserError(
+            f"catalogue {path}: cannot create its lock file {lock} ({err.strerror or err})"
+        ) from None
 
 
 def _check_or_create(store: CatalogueStore, create: bool) -> None:

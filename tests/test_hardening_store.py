@@ -1,0 +1,194 @@
+"""The catalogue file under hostile use (issue 20): two writers at once, read-only files and folders,
+damaged or hand-edited catalogues, non-finite embeddings. Each is one line naming the catalogue and what is
+wrong, and nothing in the file is lost."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_star_tree, write_image
+from megastarid import cli
+from megastarid.data.readers import read_star_tree
+from megastarid.identification.build import build_catalogue
+from megastarid.identification.lineup import DECISION_COLUMNS
+from megastarid.identification.store_open import open_catalogue
+from megastarid.models.checkpoints import save_checkpoint
+from megastarid.models.embedder import checkpoint_embedder
+from megastarid.models.network import build_model
+
+LAYOUT = {"Site": {f"star{i}": {"2024-03-01": 2, "2024-04-01": 2} for i in range(3)}}
+CONFIG = {"backbone": "test_resnet", "embedding_dim": 16, "image_size": 32}
+#: a second process that opens the catalogue as its writer, says so, and holds it until stdin closes
+HOLDER = (
+    "import sys; from megastarid.identification.store_open import open_catalogue; "
+    "store = open_catalogue(sys.argv[1], write=True); print('held', flush=True); sys.stdin.read()"
+)
+
+
+@dataclass
+class World:
+    root: Path
+    checkpoint: Path
+    catalogue: Path
+
+    def cli(self, command: str, *argv: object) -> list[str]:
+        """``megastarid catalogue COMMAND`` (or ``identify``) on this world's catalogue."""
+        head = ["identify"] if command == "identify" else ["catalogue", command]
+        return [*head, *map(str, argv), "--catalogue", str(self.catalogue)]
+
+    def build_argv(self, *extra: object) -> list[str]:
+        return self.cli("build", "--checkpoint", self.checkpoint, "--star-root", self.root, "--tta", "none",
+                        "--device", "cpu", *extra)  # fmt: skip
+
+    def state(self) -> bytes:
+        """The catalogue as committed (its WAL folded in by a plain connection's checkpoint)."""
+        with sqlite3.connect(self.catalogue) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self.catalogue.read_bytes()
+
+    def sql(self, *statements: str, params: tuple = ()) -> None:
+        with sqlite3.connect(self.catalogue) as con:
+            con.execute("PRAGMA foreign_keys = OFF")
+            for statement in statements:
+                con.execute(statement, params)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A small star tree, a tiny untrained 16-d model and their catalogue: read only, copied by ``world``."""
+    work = tmp_path_factory.mktemp("store")
+    root = make_star_tree(work / "stars", LAYOUT, size=(40, 32))
+    torch.manual_seed(0)
+    checkpoint = work / "run" / "best.pth"
+    save_checkpoint(checkpoint, build_model("test_resnet", embedding_dim=16), CONFIG)
+    catalogue = work / "archive.sqlite"
+    embedder = checkpoint_embedder(checkpoint, torch.device("cpu"))
+    with open_catalogue(catalogue, create=True) as store:
+        build_catalogue(store, read_star_tree(root), root, embedder, progress=False)
+    return World(root, checkpoint, catalogue)
+
+
+@pytest.fixture
+def world(built: World, tmp_path: Path) -> World:
+    """This test's own copy of the tree and catalogue (in a folder of its own), the root moved to the copy."""
+    root = tmp_path / "stars"
+    shutil.copytree(built.root, root)
+    catalogue = tmp_path / "cat" / "archive.sqlite"
+    catalogue.parent.mkdir()
+    shutil.copy(built.catalogue, catalogue)
+    copy = World(root, built.checkpoint, catalogue)
+    copy.sql("UPDATE meta SET value = json_quote(?) WHERE key = 'root'", params=(str(root),))
+    return copy
+
+
+def run(*argv: object) -> int:
+    return cli.main([str(arg) for arg in argv])
+
+
+def one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run a command that must fail with one line naming the catalogue; return that line."""
+    capsys.readouterr()
+    assert run(*argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def decisions_for(world: World, tmp_path: Path) -> Path:
+    """A decisions file confirming one new photo (inside the root) as Site/star0."""
+    photo = write_image(world.root / "dives" / "2024-06-01" / "encA" / "IMG_0.jpg", (40, 32), seed=77)
+    path = tmp_path / "decisions.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(DECISION_COLUMNS)
+        writer.writerow([photo, "encA", "confirm", "Site/star0", "", "2024-06-02T10:00:00.000Z"])
+    return path
+
+
+# ----------------------------------------------------------------- 4. one writer at a time
+
+
+def hold(catalogue: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(catalogue)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_is_told_which_process_writes(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decisions = decisions_for(world, tmp_path)
+    before = world.state()
+    holder = hold(world.catalogue)
+    try:
+        for argv in (world.build_argv(), world.cli("apply", "--decisions", decisions)):
+            line = one_line(capsys, argv)
+            assert f"catalogue {world.catalogue} is busy" in line and f"pid {holder.pid}" in line, line
+            assert "--wait" in line
+        assert run(*world.cli("info")) == 0  # readers are never held up
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    assert world.state() == before
+    assert run(*world.cli("apply", "--decisions", decisions)) == 0  # released: the next writer goes ahead
+
+
+def test_wait_blocks_until_the_holder_is_gone(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    script = HOLDER.replace("sys.stdin.read()", "import time; time.sleep(3)")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(world.catalogue)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    assert run(*world.build_argv("--wait")) == 0
+    assert holder.poll() is not None, "the build went ahead while the first writer still held the catalogue"
+    assert f"pid {holder.pid}" in caplog.text and "waiting" in caplog.text
+    assert time.monotonic() - started > 0.5
+
+
+def test_a_killed_writer_leaves_no_stale_lock(world: World) -> None:
+    holder = hold(world.catalogue)
+    holder.kill()
+    holder.wait()
+    assert run(*world.build_argv()) == 0
+    with sqlite3.connect(world.catalogue) as con:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+@pytest.mark.slow
+def test_two_builds_started_together(world: World) -> None:
+    """Two real builds of one new catalogue: one builds it, the other is refused in one line, or with
+    --wait builds after it (finding nothing left to embed)."""
+    world.catalogue.unlink()
+    command = [sys.executable, "-m", "megastarid.catalogue", *world.build_argv()[1:], "--commit-every", "2"]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    results = sorted((p.wait(timeout=300), p.communicate()[1], p.pid) for p in both)
+    (first, _, _), (second, err, _) = results
+    assert (first, second) == (0, 2), results
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "is busy" in lines[0] and f"pid {results[0][2]}" in lines[0], err
+    waiting = [subprocess.Popen([*command, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]  # fmt: skip
+    assert [p.wait(timeout=300) for p in waiting] == [0, 0], [p.communicate()[1] for p in waiting]
+    with sqlite3.connect(world.catalogue) as con:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert con.execute("SELECT count(*), count(DISTINCT path) FROM photos").fetchone() == (12, 12)
