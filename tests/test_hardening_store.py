@@ -4,13 +4,16 @@ wrong, and nothing in the file is lost."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +55,14 @@ class World:
                         "--device", "cpu", *extra)  # fmt: skip
 
     def state(self) -> bytes:
-        """The catalogue as committed (its WAL folded in by a plain connection's checkpoint)."""
-        with sqlite3.connect(self.catalogue) as con:
+        """The catalogue as committed (its WAL folded in, and the -wal and -shm files gone, as after a clean
+        close)."""
+        with contextlib.closing(sqlite3.connect(self.catalogue)) as con:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return self.catalogue.read_bytes()
 
     def sql(self, *statements: str, params: tuple = ()) -> None:
-        with sqlite3.connect(self.catalogue) as con:
+        with contextlib.closing(sqlite3.connect(self.catalogue, isolation_level=None)) as con:
             con.execute("PRAGMA foreign_keys = OFF")
             for statement in statements:
                 con.execute(statement, params)
@@ -192,3 +196,80 @@ def test_two_builds_started_together(world: World) -> None:
     with sqlite3.connect(world.catalogue) as con:
         assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert con.execute("SELECT count(*), count(DISTINCT path) FROM photos").fetchone() == (12, 12)
+
+
+# ----------------------------------------------------------------- 6. read-only catalogues
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` (a file or folder) read-only as the kernel enforces it: with the immutable flag
+    (``chattr +i``, refused even to root) where this file system has one, else with its permission bits
+    (which bind anyone but root, who is then skipped: root writes there whatever the bits say)."""
+    chattr = shutil.which("chattr")
+    if chattr and subprocess.run([chattr, "+i", path], capture_output=True).returncode == 0:
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", path], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root ignores permission bits, and this file system has no immutable flag (chattr +i)")
+    mode = path.stat().st_mode
+    path.chmod(mode & ~0o222)
+    try:
+        yield
+    finally:
+        path.chmod(mode)
+
+
+def reads_work(world: World, tmp_path: Path) -> None:
+    """info, log, identify and captures on the catalogue (their outputs elsewhere): all fine."""
+    new = write_image(tmp_path / "new" / "a.jpg", (40, 32), seed=4242)
+    assert run(*world.cli("info")) == 0
+    assert run(*world.cli("log")) == 0
+    assert run(*world.cli("identify", new, "--out", tmp_path / "m", "--allow-uncalibrated")) == 0
+    assert run(*world.cli("captures", "--out", tmp_path / "captures.csv")) == 0
+
+
+def writers_refused(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    decisions = decisions_for(world, tmp_path)
+    for argv in (world.build_argv(), world.cli("apply", "--decisions", decisions)):
+        line = one_line(capsys, argv)
+        assert f"catalogue {world.catalogue} is read-only here" in line, line
+
+
+@pytest.mark.parametrize("locked_before", [False, True], ids=["first-writer", "lock-file-there"])
+def test_a_read_only_folder_is_read_and_refuses_writers_in_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], locked_before: bool
+) -> None:
+    before = world.state()
+    if locked_before:  # a writer worked there before the folder was made read-only
+        world.catalogue.with_name("archive.sqlite-lock").write_text("1\n")
+    assert not world.catalogue.with_name("archive.sqlite-wal").exists()  # closed cleanly, as users leave it
+    with read_only(world.catalogue.parent):
+        reads_work(world, tmp_path)
+        writers_refused(world, tmp_path, capsys)
+    assert world.state() == before
+
+
+def test_a_read_only_catalogue_file_is_read_and_refuses_writers_in_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = world.state()
+    with read_only(world.catalogue):
+        reads_work(world, tmp_path)
+        writers_refused(world, tmp_path, capsys)
+    assert world.state() == before
+
+
+def test_an_older_catalogue_in_a_read_only_folder_says_it_needs_upgrading(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.sql("DROP TABLE decisions", "ALTER TABLE photos DROP COLUMN origin", "PRAGMA user_version = 1")
+    before = world.state()
+    with read_only(world.catalogue.parent):
+        line = one_line(capsys, world.cli("info"))
+    assert f"catalogue {world.catalogue} is schema 1" in line and "read-only here" in line, line
+    assert world.state() == before
+    assert run(*world.cli("info")) == 0  # writable again: upgraded as it opens

@@ -24,6 +24,7 @@ import pandas as pd
 from megastarid.core.errors import UserError
 from megastarid.evaluation.embed import tta_mode
 from megastarid.identification.paths import resolve_photo_path
+from megastarid.identification.store_checks import error_code, sqlite_problem
 from megastarid.identification.store_schema import CALIBRATION, CREATED, MODEL, ROOT, SCHEMA_VERSION, UPDATED
 
 
@@ -95,16 +96,20 @@ class CatalogueStore:
     def __enter__(self) -> CatalogueStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, *rest: object) -> None:
+        """Close; an SQLite error about the file itself met inside the block (``store_checks``) becomes its
+        one line."""
         self.close()
+        if isinstance(err, sqlite3.Error) and (problem := sqlite_problem(self.path, err)):
+            raise problem from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (taken at once, so two builds never interleave): all of it or none."""
+        """One write transaction (taken at once, so two writers never interleave): all of it or none."""
         try:
             self.con.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) and "busy" not in str(err):
+            if error_code(err) not in ("BUSY", "LOCKED"):
                 raise
             raise UserError(
                 f"catalogue {self.path} is busy: another program is writing to it "

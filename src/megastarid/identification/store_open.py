@@ -20,6 +20,7 @@ from pathlib import Path
 from megastarid.core.errors import UserError
 from megastarid.core.locks import LockBusy, take_lock
 from megastarid.identification.store import CatalogueStore, now
+from megastarid.identification.store_checks import error_code, read_only, sqlite_problem
 from megastarid.identification.store_schema import (
     APPLICATION_ID,
     CREATED,
@@ -44,13 +45,15 @@ def _not_ours(path: Path, why: str) -> UserError:
 def open_catalogue(
     path: str | os.PathLike[str], write: bool = False, create: bool = False, wait: bool = False
 ) -> CatalogueStore:
-    """Open a catalogue file, to read or (``write``) to change it; with ``create`` (a writer) a missing (or
+    """Open a catalogue file, to read it or (``write``) to change it; with ``create`` (a writer) a missing (or
     empty) file becomes a new catalogue. A writer holds the catalogue's lock until it closes; another
     writer holding it is one line naming its pid, unless ``wait`` (then it waits for it).
 
-    A missing file (without ``create``), a file that is not SQLite, an SQLite file that is not a catalogue
-    and a catalogue written by a newer MegaStarID are each one line naming the file.
+    A missing file (without ``create``), a file that is not SQLite, an SQLite file that is not a catalogue,
+    a catalogue written by a newer MegaStarID and, for a writer, one that cannot be written here are each one
+    line naming the file.
     """
+    write = write or create
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"catalogue {path} is a folder, not a catalogue file")
@@ -61,25 +64,61 @@ def open_catalogue(
             )
         path.parent.mkdir(parents=True, exist_ok=True)
     path = Path(os.path.abspath(path))
-    lock = _lock(path, wait) if write or create else None
+    if write and (why := _not_writable(path)):
+        raise read_only(path, why)
+    lock = _lock(path, wait) if write else None
     try:
-        uri = path.as_uri() + ("?mode=rwc" if create else "?mode=rw")
-        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        con = _connect(path, "rwc" if create else "rw") if write else _reader(path)
     except sqlite3.Error as err:
         if lock is not None:
             os.close(lock)
-        raise UserError(f"catalogue {path} cannot be opened ({err})") from None
+        raise sqlite_problem(path, err) or UserError(f"catalogue {path} cannot be opened ({err})") from None
     store = CatalogueStore(path, con, BUSY_TIMEOUT, lock)
     try:
         _check_or_create(store, create)
         con.execute("PRAGMA foreign_keys = ON")
-    except sqlite3.DatabaseError as err:
+    except BaseException as err:
         store.close()
-        raise _not_ours(path, f"not an SQLite database: {err}") from None
-    except BaseException:
-        store.close()
+        if isinstance(err, sqlite3.Error) and (problem := sqlite_problem(path, err)):
+            raise problem from None
         raise
     return store
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    """A connection in SQLite's URI ``mode`` (ro, rw, rwc; ``ro&immutable=1``), the file opened at once."""
+    uri = f"{path.as_uri()}?mode={mode}"
+    con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+    try:
+        con.execute("PRAGMA schema_version")  # SQLite opens the file (and its WAL index) on first use
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection. In a folder no one can write, SQLite cannot make the -shm file readers share
+    with writers; with no -wal file there the database file is all there is, and no writer can come (it
+    could not make one either), so it is read as an immutable file."""
+    try:
+        return _connect(path, "ro")
+    except sqlite3.OperationalError as err:
+        wal = path.with_name(path.name + "-wal")
+        if error_code(err) != "CANTOPEN" or os.access(path.parent, os.W_OK) or wal.exists():
+            raise
+    log.debug("catalogue %s: its folder is read-only, reading it as an immutable file", path)
+    return _connect(path, "ro&immutable=1")
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why a writer cannot change the catalogue here (the file, or its folder, where SQLite writes its -wal
+    and -shm files beside it), as the kernel answers for this process; None when it can."""
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file cannot be written"
+    if not os.access(path.parent, os.W_OK):
+        return f"its folder {path.parent} cannot be written"
+    return None
 
 
 def _lock(path: Path, wait: bool) -> int:
@@ -131,9 +170,26 @@ def _check_or_create(store: CatalogueStore, create: bool) -> None:
     if version < 1:
         raise _not_ours(path, f"schema version {version}")
     if version < SCHEMA_VERSION:
-        _migrate(store)
+        _upgrade(store, version)
     if create:
         con.execute("PRAGMA journal_mode = WAL")
+
+
+def _upgrade(store: CatalogueStore, version: int) -> None:
+    """Migrate an older catalogue as it opens: through its own connection for a writer, through one of its
+    own for a reader (each step is one transaction that checks the version again, so no lock is needed)."""
+    if store.lock is not None:
+        _migrate(store)
+        return
+    path = store.path
+    if why := _not_writable(path):
+        raise UserError(
+            f"catalogue {path} is schema {version}: this version reads it once it is upgraded to schema "
+            f"{SCHEMA_VERSION}, and it is read-only here ({why}): make it writable and open it once "
+            "(e.g. megastarid catalogue info)"
+        )
+    with CatalogueStore(path, _connect(path, "rw"), BUSY_TIMEOUT) as writer:
+        _migrate(writer)
 
 
 def _migrate(store: CatalogueStore) -> None:
