@@ -239,18 +239,24 @@ def writers_refused(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[
         assert f"catalogue {world.catalogue} is read-only here" in line, line
 
 
-@pytest.mark.parametrize("locked_before", [False, True], ids=["first-writer", "lock-file-there"])
+@pytest.mark.parametrize("before", ["clean", "lock-file", "after-a-reader", "empty-wal"])
 def test_a_read_only_folder_is_read_and_refuses_writers_in_one_line(
-    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], locked_before: bool
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], before: str
 ) -> None:
-    before = world.state()
-    if locked_before:  # a writer worked there before the folder was made read-only
+    """As a closed catalogue is left: alone; with the lock file of a writer that worked there; with the
+    -shm and empty -wal files a reader leaves; with an empty -wal file alone."""
+    state = world.state()
+    assert not world.catalogue.with_name("archive.sqlite-wal").exists()
+    if before == "lock-file":
         world.catalogue.with_name("archive.sqlite-lock").write_text("1\n")
-    assert not world.catalogue.with_name("archive.sqlite-wal").exists()  # closed cleanly, as users leave it
+    elif before == "after-a-reader":
+        assert run(*world.cli("info")) == 0
+    elif before == "empty-wal":
+        world.catalogue.with_name("archive.sqlite-wal").write_bytes(b"")
     with read_only(world.catalogue.parent):
         reads_work(world, tmp_path)
         writers_refused(world, tmp_path, capsys)
-    assert world.state() == before
+    assert world.state() == state
 
 
 def test_a_read_only_catalogue_file_is_read_and_refuses_writers_in_one_line(

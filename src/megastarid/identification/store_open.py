@@ -99,13 +99,14 @@ def _connect(path: Path, mode: str) -> sqlite3.Connection:
 
 def _reader(path: Path) -> sqlite3.Connection:
     """A read-only connection. In a folder no one can write, SQLite cannot make the -shm file readers share
-    with writers; with no -wal file there the database file is all there is, and no writer can come (it
-    could not make one either), so it is read as an immutable file."""
+    with writers; with no -wal file there (or an empty one) the database file is all there is, and no writer
+    can come (it could not make one either), so it is read as an immutable file."""
     try:
         return _connect(path, "ro")
     except sqlite3.OperationalError as err:
         wal = path.with_name(path.name + "-wal")
-        if error_code(err) != "CANTOPEN" or os.access(path.parent, os.W_OK) or wal.exists():
+        pending = wal.exists() and wal.stat().st_size > 0
+        if error_code(err) != "CANTOPEN" or os.access(path.parent, os.W_OK) or pending:
             raise
     log.debug("catalogue %s: its folder is read-only, reading it as an immutable file", path)
     return _connect(path, "ro&immutable=1")
