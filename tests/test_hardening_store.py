@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import shutil
@@ -13,18 +14,22 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_star_tree, write_image
 from megastarid import cli
+from megastarid.core.errors import UserError
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.lineup import DECISION_COLUMNS
+from megastarid.identification.store_index import load_index
 from megastarid.identification.store_open import open_catalogue
 from megastarid.models.checkpoints import save_checkpoint
 from megastarid.models.embedder import checkpoint_embedder
@@ -279,3 +284,128 @@ def test_an_older_catalogue_in_a_read_only_folder_says_it_needs_upgrading(
     assert f"catalogue {world.catalogue} is schema 1" in line and "read-only here" in line, line
     assert world.state() == before
     assert run(*world.cli("info")) == 0  # writable again: upgraded as it opens
+
+
+# ----------------------------------------------------------------- 9. damaged or hand-edited catalogues
+
+#: damage -> (SQL doing it, what the one line says); every line names the catalogue
+DAMAGE = {
+    "huge-blob": (
+        "UPDATE embeddings SET vector = zeroblob(100000000) WHERE photo_id = 1",
+        "the embedding of photo Site/star0/2024-03-01/img0.jpg is 100000000 bytes, not 64",
+    ),
+    "odd-size-blob": (
+        "UPDATE embeddings SET vector = x'01020304050607' WHERE photo_id = 2",
+        "is 7 bytes, not 64",
+    ),
+    "empty-blob": ("UPDATE embeddings SET vector = x'' WHERE photo_id = 2", "is 0 bytes, not 64"),
+    "text-embedding": ("UPDATE embeddings SET vector = 'abcd' WHERE photo_id = 2", "is text, not 64 bytes"),
+    "other-dimension": (
+        "UPDATE embeddings SET vector = zeroblob(128) WHERE photo_id = 3",
+        "is 128 bytes, not 64",
+    ),
+    "all-another-dimension": ("UPDATE embeddings SET vector = zeroblob(128)", "is 128 bytes, not 64"),
+    "meta-not-json": (
+        "UPDATE meta SET value = '{oops' WHERE key = 'root'",
+        "its meta value 'root' is not JSON",
+    ),
+    "root-a-number": (
+        "UPDATE meta SET value = '42' WHERE key = 'root'",
+        "its root is 42, not a folder's path",
+    ),
+    "model-without-checkpoint": (
+        "UPDATE meta SET value = json_remove(value, '$.source.checkpoint') WHERE key = 'model'",
+        "its model record has no checkpoint path",
+    ),
+    "model-not-a-record": (
+        "UPDATE meta SET value = '[1, 2]' WHERE key = 'model'",
+        "its model record is [1, 2]",
+    ),
+    "model-without-size": (
+        "UPDATE meta SET value = json_remove(value, '$.fingerprint.embedding_dim') WHERE key = 'model'",
+        "its model record has no embedding_dim",
+    ),
+    "deleted-individual": (
+        "DELETE FROM individuals WHERE name = 'Site/star1'",
+        "photo Site/star1/2024-03-01/img0.jpg belongs to individual",
+    ),
+    "orphan-embedding": (
+        "INSERT INTO embeddings VALUES (999, zeroblob(64))",
+        "photos and embeddings do not pair up",
+    ),
+}
+#: damage that ``catalogue info`` (which reads the meta values, not the embeddings) must report too
+META_DAMAGE = {"meta-not-json", "root-a-number", "model-not-a-record", "model-without-size"}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_catalogue_is_one_line_naming_it_and_what_is_wrong(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    statement, message = DAMAGE[damage]
+    world.sql(statement)
+    before = world.state()
+    new = write_image(tmp_path / "new" / "a.jpg", (40, 32), seed=4242)
+    commands = [world.cli("identify", new, "--out", tmp_path / "m", "--allow-uncalibrated")]
+    if damage in META_DAMAGE:
+        commands.append(world.cli("info"))
+    for argv in commands:
+        line = one_line(capsys, argv)
+        assert f"catalogue {world.catalogue}" in line and message in line, line
+    assert world.state() == before
+
+
+def test_a_huge_embedding_is_refused_before_anything_is_allocated(world: World) -> None:
+    world.sql(DAMAGE["huge-blob"][0])
+    with open_catalogue(world.catalogue) as store:
+        tracemalloc.start()
+        try:
+            with pytest.raises(UserError, match="is 100000000 bytes"):
+                load_index(store)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 10_000_000, f"{peak / 1e6:.0f} MB allocated to read a 12-photo catalogue"
+
+
+def test_a_damaged_model_record_is_mended_by_a_rebuild(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.sql(DAMAGE["model-without-checkpoint"][0])
+    line = one_line(capsys, world.build_argv())
+    assert "its model record has no checkpoint path" in line and "--rebuild" in line, line
+    assert run(*world.build_argv("--rebuild")) == 0
+    assert run(*world.cli("info")) == 0
+
+
+def test_a_corrupted_page_is_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(world.state())
+    page = 65536  # the header page stays: the file still reads as a catalogue until its tables are read
+    data[page:] = np.random.default_rng(0).integers(0, 256, len(data) - page, dtype=np.uint8).tobytes()
+    world.catalogue.write_bytes(bytes(data))
+    new = write_image(tmp_path / "new" / "a.jpg", (40, 32), seed=4242)
+    for argv in (
+        world.cli("info"),
+        world.cli("identify", new, "--out", tmp_path / "m", "--allow-uncalibrated"),
+    ):
+        line = one_line(capsys, argv)
+        assert f"catalogue {world.catalogue} is damaged" in line, line
+
+
+def test_apply_never_adds_an_embedding_of_another_size(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model record edited to a 32-d model (whose weights are there): apply would embed with it, beside
+    the catalogue's 16-d embeddings."""
+    torch.manual_seed(1)
+    other = tmp_path / "other" / "best.pth"
+    save_checkpoint(other, build_model("test_resnet", embedding_dim=32), {**CONFIG, "embedding_dim": 32})
+    record = checkpoint_embedder(other, torch.device("cpu")).record()
+    world.sql("UPDATE meta SET value = ? WHERE key = 'model'", params=(json.dumps(record),))
+    decisions = decisions_for(world, tmp_path)
+    before = world.state()
+    line = one_line(capsys, world.cli("apply", "--decisions", decisions))
+    assert f"catalogue {world.catalogue}" in line and "64 bytes" in line and "128" in line, line
+    assert world.state() == before

@@ -126,12 +126,13 @@ def catalogue_tta(path: Path) -> TTA | None:
 
 def build_tta(options: BuildOptions, calibration: Calibration | None, stored: TTA | None) -> TTA:
     """``--tta auto`` for a build: the calibration's (its threshold holds for embeddings made that way),
-    else the ``stored`` catalogue's own (it grows alike), else the star photos' default."""
+    else the ``stored`` catalogue's own (it grows alike; None for a new one or a rebuild), else the star
+    photos' default."""
     if options.tta != "auto":
         return options.tta
     if (fitted := calibration_tta(calibration)) is not None:
         return fitted
-    if stored is not None and not options.rebuild:
+    if stored is not None:
         return stored
     return resolve_tta("auto", "star")
 
@@ -173,7 +174,8 @@ def build(options: BuildOptions) -> int:
     elif options.checkpoint is not None and (options.checkpoint.parent / CALIBRATION_JSON).is_file():
         calibration_path = options.checkpoint.parent / CALIBRATION_JSON
         given, source = read_calibration(calibration_path), "checkpoint"
-    embedder = make_embedder(options, build_tta(options, given, catalogue_tta(options.catalogue)))
+    stored = None if options.rebuild else catalogue_tta(options.catalogue)  # a rebuild mends a damaged one
+    embedder = make_embedder(options, build_tta(options, given, stored))
     if given is not None:
         assert calibration_path is not None
         check_embedded_alike(given, calibration_path, embedder.fingerprint)

@@ -22,9 +22,8 @@ from typing import Any
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.evaluation.embed import tta_mode
 from megastarid.identification.paths import resolve_photo_path
-from megastarid.identification.store_checks import error_code, sqlite_problem
+from megastarid.identification.store_checks import embedding_bytes, error_code, meta_value, sqlite_problem
 from megastarid.identification.store_schema import CALIBRATION, CREATED, MODEL, ROOT, SCHEMA_VERSION, UPDATED
 
 
@@ -138,24 +137,9 @@ class CatalogueStore:
     # -- meta ------------------------------------------------------------------------------------------------
 
     def meta(self, key: str, default: Any = None) -> Any:
+        """A meta value, checked to be what its key holds (``store_checks.meta_value``)."""
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return default
-        value = json.loads(row[0])
-        return self._model_record(value) if key == MODEL else value
-
-    def _model_record(self, record: Any) -> Any:
-        """The model record with its fingerprint's ``tta`` as a mode name: catalogues built before the
-        test-time augmentation modes stored a bool (true: the mirror, now ``flip``). A malformed record is
-        returned as it is, for whoever re-creates the model to refuse."""
-        fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
-        if not isinstance(fingerprint, dict) or "tta" not in fingerprint:
-            return record
-        try:
-            tta = tta_mode(fingerprint["tta"])
-        except ValueError as err:
-            raise UserError(f"catalogue {self.path}: its model's tta is {err}") from None
-        return {**record, "fingerprint": {**fingerprint, "tta": tta}}
+        return default if row is None else meta_value(self.path, key, row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
         """Write a meta value (inside the caller's transaction)."""
@@ -201,8 +185,24 @@ class CatalogueStore:
             ids[name] = self.con.execute("SELECT id FROM individuals WHERE name = ?", (name,)).fetchone()[0]
         return ids
 
+    def embedding_bytes(self) -> int | None:
+        """The size of every embedding blob: its model's, which a stored one must match (``store_checks``);
+        None in a catalogue with neither."""
+        stored = self.con.execute(
+            "SELECT p.path, length(e.vector) FROM embeddings e JOIN photos p ON p.id = e.photo_id LIMIT 1"
+        ).fetchone()
+        return embedding_bytes(self.path, self.meta(MODEL), stored)
+
     def add_photos(self, records: Sequence[PhotoRecord], vectors: Sequence[bytes]) -> None:
-        """Insert photos with their embeddings (inside the caller's transaction)."""
+        """Insert photos with their embeddings (inside the caller's transaction); an embedding of another
+        size than the catalogue's is refused in one line, before anything is written."""
+        width = self.embedding_bytes() or (len(vectors[0]) if vectors else 0)
+        for record, vector in zip(records, vectors, strict=True):
+            if len(vector) != width:
+                raise UserError(
+                    f"catalogue {self.path}: the embedding of photo {record.path} is {len(vector)} bytes, "
+                    f"not {width} as the catalogue's"
+                )
         ids = self._individual_ids(record.identity for record in records)
         added = now()
         for record, vector in zip(records, vectors, strict=True):
@@ -349,7 +349,7 @@ class CatalogueStore:
                 "SELECT min(date), max(date), sum(date IS NULL) FROM photos"
             ).fetchone()
             datasets = [row[0] for row in con.execute("SELECT DISTINCT dataset FROM photos ORDER BY dataset")]
-            meta = {key: json.loads(value) for key, value in con.execute("SELECT key, value FROM meta")}
+            meta = {key: meta_value(self.path, key, text) for key, text in con.execute("SELECT * FROM meta")}
         return {
             "catalogue": str(self.path),
             "schema_version": SCHEMA_VERSION,
@@ -361,7 +361,7 @@ class CatalogueStore:
             "first_date": first,
             "last_date": last,
             "undated_photos": int(undated or 0),
-            "model": self._model_record(meta.get(MODEL)),
+            "model": meta.get(MODEL),
             "calibration": meta.get(CALIBRATION),
             "created": meta.get(CREATED),
             "updated": meta.get(UPDATED),
