@@ -409,3 +409,41 @@ def test_apply_never_adds_an_embedding_of_another_size(
     line = one_line(capsys, world.cli("apply", "--decisions", decisions))
     assert f"catalogue {world.catalogue}" in line and "64 bytes" in line and "128" in line, line
     assert world.state() == before
+
+
+# ----------------------------------------------------------------- 10. non-finite embeddings
+
+
+def photo_path(world: World, photo_id: int) -> str:
+    with contextlib.closing(sqlite3.connect(world.catalogue)) as con:
+        return str(con.execute("SELECT path FROM photos WHERE id = ?", (photo_id,)).fetchone()[0])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_non_finite_embedding_is_refused_naming_its_photo(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: float
+) -> None:
+    vector = np.full(16, 0.25, np.float32)
+    vector[3] = value
+    world.sql("UPDATE embeddings SET vector = ? WHERE photo_id = 5", params=(vector.tobytes(),))
+    new = write_image(tmp_path / "new" / "a.jpg", (40, 32), seed=4242)
+    line = one_line(capsys, world.cli("identify", new, "--out", tmp_path / "m", "--allow-uncalibrated"))
+    assert f"catalogue {world.catalogue} is damaged" in line, line
+    assert f"the embedding of photo {photo_path(world, 5)} is not finite" in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_non_finite_embedding_is_never_copied_to_another_photo(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build re-uses the stored embedding of a photo's bytes for a copy of them: never a non-finite one."""
+    world.sql(
+        "UPDATE embeddings SET vector = ? WHERE photo_id = 5",
+        params=(np.full(16, np.nan, np.float32).tobytes(),),
+    )
+    source = world.root / photo_path(world, 5)
+    shutil.copy(source, source.with_name("copy.jpg"))
+    before = world.state()
+    line = one_line(capsys, world.build_argv())
+    assert f"catalogue {world.catalogue}" in line and "is not finite" in line, line
+    assert world.state() == before

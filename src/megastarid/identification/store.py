@@ -19,11 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
 from megastarid.identification.paths import resolve_photo_path
-from megastarid.identification.store_checks import embedding_bytes, error_code, meta_value, sqlite_problem
+from megastarid.identification.store_checks import (
+    damaged,
+    embedding_bytes,
+    error_code,
+    meta_value,
+    sqlite_problem,
+)
 from megastarid.identification.store_schema import CALIBRATION, CREATED, MODEL, ROOT, SCHEMA_VERSION, UPDATED
 
 
@@ -195,14 +202,15 @@ class CatalogueStore:
 
     def add_photos(self, records: Sequence[PhotoRecord], vectors: Sequence[bytes]) -> None:
         """Insert photos with their embeddings (inside the caller's transaction); an embedding of another
-        size than the catalogue's is refused in one line, before anything is written."""
+        size than the catalogue's, or holding a NaN or infinity, is refused in one line before anything is
+        written."""
         width = self.embedding_bytes() or (len(vectors[0]) if vectors else 0)
         for record, vector in zip(records, vectors, strict=True):
-            if len(vector) != width:
-                raise UserError(
-                    f"catalogue {self.path}: the embedding of photo {record.path} is {len(vector)} bytes, "
-                    f"not {width} as the catalogue's"
-                )
+            wrong = f"{len(vector)} bytes, not {width} as the catalogue's" if len(vector) != width else ""
+            if not wrong and not np.isfinite(np.frombuffer(vector, np.float32)).all():
+                wrong = "not finite"
+            if wrong:
+                raise damaged(self.path, f"the embedding of photo {record.path} is {wrong}")
         ids = self._individual_ids(record.identity for record in records)
         added = now()
         for record, vector in zip(records, vectors, strict=True):
