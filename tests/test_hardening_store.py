@@ -447,3 +447,13 @@ def test_a_non_finite_embedding_is_never_copied_to_another_photo(
     line = one_line(capsys, world.build_argv())
     assert f"catalogue {world.catalogue}" in line and "is not finite" in line, line
     assert world.state() == before
+
+
+# ----------------------------------------------------------------- cosmetic
+
+
+def test_info_lists_no_blank_dataset(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    world.sql("UPDATE photos SET dataset = '' WHERE id = 1")  # e.g. a photo that joined from an inbox
+    capsys.readouterr()
+    assert run(*world.cli("info")) == 0
+    assert "datasets     Site\n" in capsys.readouterr().out

@@ -356,7 +356,12 @@ class CatalogueStore:
             first, last, undated = con.execute(
                 "SELECT min(date), max(date), sum(date IS NULL) FROM photos"
             ).fetchone()
-            datasets = [row[0] for row in con.execute("SELECT DISTINCT dataset FROM photos ORDER BY dataset")]
+            datasets = [
+                row[0]
+                for row in con.execute(
+                    "SELECT DISTINCT dataset FROM photos WHERE dataset != '' ORDER BY dataset"
+                )
+            ]
             meta = {key: meta_value(self.path, key, text) for key, text in con.execute("SELECT * FROM meta")}
         return {
             "catalogue": str(self.path),
