@@ -346,15 +346,20 @@ def test_unreadable_photos_are_listed_and_left_out(
     assert "could not be read" in caplog.text and "broken.jpg" in caplog.text
 
 
-def test_a_second_writer_waits_then_says_the_catalogue_is_busy(
+def test_a_build_waits_for_another_programs_write_then_says_the_catalogue_is_busy(
     stars: Path, checkpoint: Path, tmp_path: Path, monkeypatch
 ) -> None:
     catalogue = tmp_path / "archive.sqlite"
     build(stars, checkpoint, catalogue)
     monkeypatch.setattr("megastarid.identification.store_open.BUSY_TIMEOUT", 0.2)
-    busy = pytest.raises(UserError, match="is busy: another build is writing to it")
-    with open_catalogue(catalogue) as first, first.transaction(), busy:
-        build(stars, checkpoint, catalogue)
+    busy = pytest.raises(UserError, match="is busy: another program is writing to it")
+    other = sqlite3.connect(catalogue, isolation_level=None)  # e.g. the sqlite3 shell, mid-transaction
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with busy:
+            build(stars, checkpoint, catalogue)
+    finally:
+        other.close()
 
 
 def test_info_as_json_and_a_damaged_catalogue(stars: Path, checkpoint: Path, tmp_path: Path, capsys) -> None:

@@ -70,7 +70,7 @@ def history(tmp_path: Path) -> tuple[World, Path, list[Path]]:
     """The world's catalogue with a first calibration (τ = FIRST_TAU), the scripted matches.json and
     decisions.csv (with query ids) applied."""
     world = World(tmp_path)
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         update_calibration(store, Calibration("logistic", FIRST_TAU, 0.8, coef=5.0), "file", None, False)
     photos = [
         write_image(world.root / "dives" / "2024-07-01" / f"q{n}" / "IMG.jpg", (40, 32), seed=500 + n)

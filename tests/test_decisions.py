@@ -28,7 +28,7 @@ def world(tmp_path: Path) -> World:
 
 def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings(world: World) -> None:
     write_decisions(world.decisions, confirm_rows(world))
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         report = apply_decisions(store, world.decisions, world.embedder)
     assert report.effects == {"added": 6, "moved": 0, "already": 0, "recorded": 1, "superseded": 0}
     assert report.created == ["NEW-20240602-1", "Stella"] and report.audited == 7
@@ -72,14 +72,14 @@ def test_apply_adds_confirmed_and_new_individuals_with_the_catalogues_embeddings
 
 def test_the_same_file_twice_changes_nothing_and_does_not_load_the_model(world: World) -> None:
     write_decisions(world.decisions, confirm_rows(world))
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         apply_decisions(store, world.decisions, world.embedder)
     before = world.state()
 
     def no_model():
         raise AssertionError("nothing to embed: the model must not be loaded")
 
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         report = apply_decisions(store, world.decisions, no_model)
     assert not report.changed and "nothing changed" in report.line()
     assert world.state() == before
@@ -107,7 +107,7 @@ def test_a_later_export_restates_earlier_decisions_changes_its_mind_and_adds_mor
             (d[0], "encD", "new", "", ""),
         ],
     )
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         report = apply_decisions(store, second, world.embedder)
     assert report.effects == {"added": 1, "moved": 1, "already": 2, "recorded": 0, "superseded": 0}
     assert world.owner(a[0]) == "SiteA/star2"
@@ -136,7 +136,7 @@ def test_photos_given_relative_to_the_root_and_copies_of_catalogue_photos(world:
         world.decisions,
         [(rel, "encA", "confirm", "SiteA/star1", ""), (copy, "encE", "confirm", "SiteA/star2", "")],
     )
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         report = apply_decisions(store, world.decisions, world.embedder)
     assert report.effects["added"] == 1 and report.effects["already"] == 1  # a copy is not a new sighting
     assert world.owner(world.photos["encA"][0]) == "SiteA/star1" and world.owner(copy) is None

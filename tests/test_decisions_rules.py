@@ -32,7 +32,7 @@ def world(tmp_path: Path) -> World:
 
 
 def apply(world: World, path: Path):
-    with open_catalogue(world.catalogue) as store:
+    with open_catalogue(world.catalogue, write=True) as store:
         return apply_decisions(store, path, world.embedder)
 
 
@@ -83,7 +83,7 @@ def test_a_file_applied_again_after_a_rebuild_brings_back_only_its_own_latest_de
     )
     apply(world, first)
     apply(world, write_decisions(tmp_path / "b.csv", [(q, "encA", "confirm", "SiteB/star3", "", LATE)]))
-    with open_catalogue(world.catalogue) as store:  # forgets the photos that joined
+    with open_catalogue(world.catalogue, write=True) as store:  # forgets the photos that joined
         build_catalogue(store, read_star_tree(world.root), world.root, world.embedder(), rebuild=True)
     assert world.owner(q) is None and world.owner(r) is None
     report = apply(world, first)
@@ -149,7 +149,9 @@ def test_names_are_compared_exactly_as_stored(
 ) -> None:
     write_image(world.root / "SiteA" / "star4 " / "2024-03-01" / "img0.jpg", (40, 32), seed=400)
     table = read_star_tree(world.root)
-    with open_catalogue(world.catalogue) as store:  # a folder name ending in a space: 'SiteA/star4 '
+    with open_catalogue(
+        world.catalogue, write=True
+    ) as store:  # a folder name ending in a space: 'SiteA/star4 '
         build_catalogue(store, table[table["dataset"] != "dives"], world.root, world.embedder())
     a = world.photos["encA"]
     apply(world, write_decisions(world.decisions, [(a[0], "encA", "confirm", "SiteA/star4 ", "")]))

@@ -54,6 +54,7 @@ from megastarid.identification.decision_history import (
 )
 from megastarid.identification.decisions_apply import apply_decisions
 from megastarid.identification.decisions_log import decision_log, log_lines
+from megastarid.identification.info_text import info_lines
 from megastarid.identification.options import CatalogueModelOptions
 from megastarid.identification.store_open import open_catalogue
 from megastarid.identification.store_schema import MODEL
@@ -96,6 +97,8 @@ class BuildOptions(EmbeddingOptions, StarDataOptions):
     """empty a catalogue built with another model and embed every photo again"""
     commit_every: int = COMMIT_EVERY
     """photos per transaction (a killed build loses at most one batch)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.backbone is None):
@@ -130,12 +133,13 @@ def catalogue_tta(path: Path) -> TTA | None:
 
 def build_tta(options: BuildOptions, calibration: Calibration | None, stored: TTA | None) -> TTA:
     """``--tta auto`` for a build: the calibration's (its threshold holds for embeddings made that way),
-    else the ``stored`` catalogue's own (it grows alike), else the star photos' default."""
+    else the ``stored`` catalogue's own (it grows alike; None for a new one or a rebuild), else the star
+    photos' default."""
     if options.tta != "auto":
         return options.tta
     if (fitted := calibration_tta(calibration)) is not None:
         return fitted
-    if stored is not None and not options.rebuild:
+    if stored is not None:
         return stored
     return resolve_tta("auto", "star")
 
@@ -177,11 +181,12 @@ def build(options: BuildOptions) -> int:
     elif options.checkpoint is not None and (options.checkpoint.parent / CALIBRATION_JSON).is_file():
         calibration_path = options.checkpoint.parent / CALIBRATION_JSON
         given, source = read_calibration(calibration_path), "checkpoint"
-    embedder = make_embedder(options, build_tta(options, given, catalogue_tta(options.catalogue)))
+    stored = None if options.rebuild else catalogue_tta(options.catalogue)  # a rebuild mends a damaged one
+    embedder = make_embedder(options, build_tta(options, given, stored))
     if given is not None:
         assert calibration_path is not None
         check_embedded_alike(given, calibration_path, embedder.fingerprint)
-    with open_catalogue(options.catalogue, create=True) as store, build_running(store):
+    with open_catalogue(options.catalogue, create=True, wait=options.wait) as store, build_running(store):
         report = build_catalogue(store, table, root, embedder, options.rebuild, options.commit_every)
         entry = update_calibration(store, given, source, calibration_path, report.changed, options.accept)
     log.info("catalogue %s: %s", options.catalogue, report.line())
@@ -209,44 +214,6 @@ class InfoOptions:
     """the catalogue file"""
     json: bool = False
     """print the facts as JSON"""
-
-
-def datasets_text(datasets: Sequence[str]) -> str:
-    """The named datasets; photos with none (joined by a decision at the root) said so, not shown blank."""
-    named = ", ".join(name for name in datasets if name)
-    if "" not in datasets:
-        return named or "-"
-    return f"{named} (and photos with no dataset)" if named else "none (photos with no dataset)"
-
-
-def info_lines(summary: dict) -> list[str]:
-    """``catalogue info``'s text."""
-    model = (summary.get("model") or {}).get("fingerprint") or {}
-    source = (summary.get("model") or {}).get("source") or {}
-    made_from = (
-        source.get("checkpoint")
-        or source.get("weights")
-        or ("pretrained" if source.get("pretrained") else "")
-    )
-    lines = [
-        f"catalogue    {summary['catalogue']} (schema {summary['schema_version']})",
-        f"root         {summary['root']}",
-        f"individuals  {summary['individuals']}",
-        f"photos       {summary['photos']}"
-        + (f" ({summary['undated_photos']} undated)" if summary["undated_photos"] else ""),
-        f"outings      {summary['outings']} (individual x outing)",
-        f"dates        {summary['first_date'] or '-'} .. {summary['last_date'] or '-'}",
-        f"datasets     {datasets_text(summary['datasets'])}",
-    ]
-    if model:
-        lines.append(
-            f"model        {model['kind']} {model['backbone']} ({made_from}), {model['image_size']} px, "
-            f"{model['embedding_dim']}-d, TTA {model['tta']}, "
-            f"sha256 {model['sha256'][:12]}"
-        )
-    lines.append(f"calibration  {describe(summary.get('calibration'))}")
-    lines.append(f"updated      {summary.get('updated') or summary.get('created') or '-'}")
-    return lines
 
 
 def info(options: InfoOptions) -> int:
@@ -294,12 +261,14 @@ class ApplyOptions(CatalogueModelOptions):
     """decisions.csv exported by the lineup page (query, encounter, decision, identity, note, time, ...)"""
     matches: Path | None = None
     """identify's matches.json the decisions answer: its proposals are logged with them (for evaluate)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
 
 def apply(options: ApplyOptions) -> int:
     """Apply a decisions file; the model is loaded only when a photo must be embedded."""
     device = resolve_device(options.device)
-    with open_catalogue(options.catalogue) as store:
+    with open_catalogue(options.catalogue, write=True, wait=options.wait) as store:
         record = store.meta(MODEL)
 
         def embedder() -> Embedder:
@@ -421,10 +390,12 @@ class CalibrateOptions(Options):
     """the catalogue file"""
     accept: float | None = None
     """P at or above which a verdict is match (default: the current calibration's)"""
+    wait: bool = False
+    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
 
 
 def calibrate(options: CalibrateOptions) -> int:
-    with open_catalogue(options.catalogue) as store:
+    with open_catalogue(options.catalogue, write=True, wait=options.wait) as store:
         entry = calibrate_from_decisions(store, options.accept)
     print(f"calibration: {describe(entry)}")
     return 0

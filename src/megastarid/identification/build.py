@@ -196,8 +196,8 @@ def _claim(
     """Check (or, new or ``rebuild``, set) the catalogue's model; record the root. One transaction, before
     any photo, so a killed first build resumes with the same model."""
     with store.transaction():
-        stored = store.meta(MODEL)
-        if stored is not None and not rebuild:
+        stored = None if rebuild else store.meta(MODEL)  # a rebuild mends a damaged record
+        if stored is not None:
             old = ModelFingerprint.from_dict(stored["fingerprint"])
             if old != fingerprint:
                 differences = "; ".join(old.differences(fingerprint))
@@ -208,7 +208,7 @@ def _claim(
         if rebuild and store.num_photos():
             log.info("--rebuild: emptying catalogue %s to embed every photo again", store.path)
             store.clear()
-        old_root = store.meta(ROOT)
+        old_root = None if rebuild else store.meta(ROOT)
         if old_root is not None and old_root != str(root):
             log.info("catalogue root moves from %s to %s", old_root, root)
         store.set_meta(MODEL, record)

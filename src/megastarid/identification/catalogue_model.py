@@ -21,11 +21,8 @@ def catalogue_embedder(
     a one-line error, and so is a ``--tta`` other than the catalogue's, before the model loads."""
     catalogue, tta = options.catalogue, options.requested_tta()
     batch_size, num_workers = options.batch_size, options.workers
-    try:
-        stored = ModelFingerprint.from_dict(record["fingerprint"])
-        source = record["source"]
-    except (KeyError, TypeError) as err:
-        raise UserError(f"catalogue {catalogue} does not record its model ({err})") from None
+    stored = ModelFingerprint.from_dict(record["fingerprint"])  # checked as it was read (store_checks)
+    source = record["source"]
     if tta not in (None, stored.tta):
         raise UserError(
             f"--tta {tta}: catalogue {catalogue} was embedded with --tta {stored.tta}, and new photos must "

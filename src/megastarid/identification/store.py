@@ -12,17 +12,25 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from megastarid.core.errors import UserError
-from megastarid.evaluation.embed import tta_mode
 from megastarid.identification.paths import resolve_photo_path
+from megastarid.identification.store_checks import (
+    damaged,
+    embedding_bytes,
+    error_code,
+    meta_value,
+    sqlite_problem,
+)
 from megastarid.identification.store_schema import CALIBRATION, CREATED, MODEL, ROOT, SCHEMA_VERSION, UPDATED
 
 
@@ -68,35 +76,49 @@ class PhotoRecord:
 class CatalogueStore:
     """An open catalogue file. Use ``store_open.open_catalogue``; close it (or use it as a context manager).
 
-    ``busy_timeout``: the seconds ``connection`` waits for another one's write lock (``store_open``).
+    ``busy_timeout``: the seconds ``connection`` waits for another one's write lock; ``lock``: a writer's
+    open lock file, released on closing (``store_open``).
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, busy_timeout: float) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, busy_timeout: float, lock: int | None = None
+    ) -> None:
         self.path = path
         self.con = connection
         self.busy_timeout = busy_timeout
+        self.lock = lock
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.con.close()
+        """Close the connection, then let the next writer in."""
+        try:
+            self.con.close()
+        finally:
+            if self.lock is not None:
+                os.close(self.lock)
+                self.lock = None
 
     def __enter__(self) -> CatalogueStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, *rest: object) -> None:
+        """Close; an SQLite error about the file itself met inside the block (``store_checks``) becomes its
+        one line."""
         self.close()
+        if isinstance(err, sqlite3.Error) and (problem := sqlite_problem(self.path, err)):
+            raise problem from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (taken at once, so two builds never interleave): all of it or none."""
+        """One write transaction (taken at once, so two writers never interleave): all of it or none."""
         try:
             self.con.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            if "locked" not in str(err) and "busy" not in str(err):
+            if error_code(err) not in ("BUSY", "LOCKED"):
                 raise
             raise UserError(
-                f"catalogue {self.path} is busy: another build is writing to it "
+                f"catalogue {self.path} is busy: another program is writing to it "
                 f"(waited {self.busy_timeout:.0f} s)"
             ) from None
         try:
@@ -122,27 +144,15 @@ class CatalogueStore:
     # -- meta ------------------------------------------------------------------------------------------------
 
     def meta(self, key: str, default: Any = None) -> Any:
+        """A meta value, checked to be what its key holds (``store_checks.meta_value``)."""
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return default
-        value = json.loads(row[0])
-        return self._model_record(value) if key == MODEL else value
-
-    def _model_record(self, record: Any) -> Any:
-        """The model record with its fingerprint's ``tta`` as a mode name: catalogues built before the
-        test-time augmentation modes stored a bool (true: the mirror, now ``flip``). A malformed record is
-        returned as it is, for whoever re-creates the model to refuse."""
-        fingerprint = record.get("fingerprint") if isinstance(record, dict) else None
-        if not isinstance(fingerprint, dict) or "tta" not in fingerprint:
-            return record
-        try:
-            tta = tta_mode(fingerprint["tta"])
-        except ValueError as err:
-            raise UserError(f"catalogue {self.path}: its model's tta is {err}") from None
-        return {**record, "fingerprint": {**fingerprint, "tta": tta}}
+        return default if row is None else meta_value(self.path, key, row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        """Write a meta value (inside the caller's transaction)."""
+        """Write a meta value (inside the caller's transaction); None removes the key."""
+        if value is None:
+            self.con.execute("DELETE FROM meta WHERE key = ?", (key,))
+            return
         self.con.execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
@@ -185,8 +195,25 @@ class CatalogueStore:
             ids[name] = self.con.execute("SELECT id FROM individuals WHERE name = ?", (name,)).fetchone()[0]
         return ids
 
+    def embedding_bytes(self) -> int | None:
+        """The size of every embedding blob: its model's, which a stored one must match (``store_checks``);
+        None in a catalogue with neither."""
+        stored = self.con.execute(
+            "SELECT p.path, length(e.vector) FROM embeddings e JOIN photos p ON p.id = e.photo_id LIMIT 1"
+        ).fetchone()
+        return embedding_bytes(self.path, self.meta(MODEL), stored)
+
     def add_photos(self, records: Sequence[PhotoRecord], vectors: Sequence[bytes]) -> None:
-        """Insert photos with their embeddings (inside the caller's transaction)."""
+        """Insert photos with their embeddings (inside the caller's transaction); an embedding of another
+        size than the catalogue's, or holding a NaN or infinity, is refused in one line before anything is
+        written."""
+        width = self.embedding_bytes() or (len(vectors[0]) if vectors else 0)
+        for record, vector in zip(records, vectors, strict=True):
+            wrong = f"{len(vector)} bytes, not {width} as the catalogue's" if len(vector) != width else ""
+            if not wrong and not np.isfinite(np.frombuffer(vector, np.float32)).all():
+                wrong = "not finite"
+            if wrong:
+                raise damaged(self.path, f"the embedding of photo {record.path} is {wrong}")
         ids = self._individual_ids(record.identity for record in records)
         added = now()
         for record, vector in zip(records, vectors, strict=True):
@@ -332,8 +359,13 @@ class CatalogueStore:
             first, last, undated = con.execute(
                 "SELECT min(date), max(date), sum(date IS NULL) FROM photos"
             ).fetchone()
-            datasets = [row[0] for row in con.execute("SELECT DISTINCT dataset FROM photos ORDER BY dataset")]
-            meta = {key: json.loads(value) for key, value in con.execute("SELECT key, value FROM meta")}
+            datasets = [
+                row[0]
+                for row in con.execute(
+                    "SELECT DISTINCT dataset FROM photos WHERE dataset != '' ORDER BY dataset"
+                )
+            ]
+            meta = {key: meta_value(self.path, key, text) for key, text in con.execute("SELECT * FROM meta")}
         return {
             "catalogue": str(self.path),
             "schema_version": SCHEMA_VERSION,
@@ -345,7 +377,7 @@ class CatalogueStore:
             "first_date": first,
             "last_date": last,
             "undated_photos": int(undated or 0),
-            "model": self._model_record(meta.get(MODEL)),
+            "model": meta.get(MODEL),
             "calibration": meta.get(CALIBRATION),
             "created": meta.get(CREATED),
             "updated": meta.get(UPDATED),

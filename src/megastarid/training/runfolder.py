@@ -1,15 +1,13 @@
 """The run folder: one run at a time holds it, a run is never clobbered silently, ``--overwrite`` clears
 exactly the files a run writes; its history table.
 
-A run holds its folder with an OS lock (``flock`` on ``.run.lock``, the holder's pid inside) from before
-it writes anything until it ends; the kernel releases the lock when the process dies, however it dies, so
-a stale lock never blocks a retry.
+A run holds its folder with an OS lock (``core.locks`` on ``.run.lock``, the holder's pid inside) from
+before it writes anything until it ends; a stale lock never blocks a retry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -21,6 +19,7 @@ import pandas as pd
 
 from megastarid.core.errors import UserError
 from megastarid.core.files import remove_stale_temps, write_csv
+from megastarid.core.locks import LockBusy, lock_holder, take_lock
 from megastarid.core.runfiles import (
     BEST_CHECKPOINT,
     CONFIG_YAML,
@@ -83,17 +82,7 @@ def _in_use(path: Path, holder: str) -> UserError:
 def run_folder_holder(path: Path) -> str | None:
     """The pid (as written in the lock file, or "unknown") of the live process holding the folder's lock;
     None when no one holds it. Creates nothing."""
-    try:
-        fd = os.open(path / RUN_LOCK, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-    finally:
-        os.close(fd)  # also releases the probe's own lock
-    return None
+    return lock_holder(path / RUN_LOCK)
 
 
 def lock_run_folder(path: Path) -> int:
@@ -102,23 +91,12 @@ def lock_run_folder(path: Path) -> int:
     Another live run holding it is a one-line error naming its pid; a folder where no file can be
     created is one naming the folder.
     """
-    lock = path / RUN_LOCK
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        return take_lock(path / RUN_LOCK)
+    except LockBusy as busy:
+        raise _in_use(path, busy.holder) from None
     except OSError as err:
         raise UserError(f"--output-dir {path}: cannot write there ({err.strerror or err})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise _in_use(path, holder) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
 
 
 @contextlib.contextmanager
