@@ -119,9 +119,12 @@ def decisions_for(world: World, tmp_path: Path) -> Path:
     photo = write_image(world.root / "dives" / "2024-06-01" / "encA" / "IMG_0.jpg", (40, 32), seed=77)
     path = tmp_path / "decisions.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(DECISION_COLUMNS)
-        writer.writerow([photo, "encA", "confirm", "Site/star0", "", "2024-06-02T10:00:00.000Z", ""])
+        writer = csv.DictWriter(handle, DECISION_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerow(
+            {"query": photo, "encounter": "encA", "decision": "confirm", "identity": "Site/star0",
+             "time": "2024-06-02T10:00:00.000Z"}
+        )  # fmt: skip
     return path
 
 
@@ -146,7 +149,11 @@ def test_a_second_writer_is_told_which_process_writes(
     before = world.state()
     holder = hold(world.catalogue)
     try:
-        for argv in (world.build_argv(), world.cli("apply", "--decisions", decisions)):
+        for argv in (
+            world.build_argv(),
+            world.cli("apply", "--decisions", decisions),
+            world.cli("calibrate"),
+        ):
             line = one_line(capsys, argv)
             assert f"catalogue {world.catalogue} is busy" in line and f"pid {holder.pid}" in line, line
             assert "--wait" in line
@@ -239,7 +246,7 @@ def reads_work(world: World, tmp_path: Path) -> None:
 
 def writers_refused(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     decisions = decisions_for(world, tmp_path)
-    for argv in (world.build_argv(), world.cli("apply", "--decisions", decisions)):
+    for argv in (world.build_argv(), world.cli("apply", "--decisions", decisions), world.cli("calibrate")):
         line = one_line(capsys, argv)
         assert f"catalogue {world.catalogue} is read-only here" in line, line
 

@@ -98,7 +98,7 @@ class BuildOptions(EmbeddingOptions, StarDataOptions):
     commit_every: int = COMMIT_EVERY
     """photos per transaction (a killed build loses at most one batch)"""
     wait: bool = False
-    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
+    """when another build, apply or calibrate is writing to the catalogue, wait for it to end, not stop"""
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.backbone is None):
@@ -262,7 +262,7 @@ class ApplyOptions(CatalogueModelOptions):
     matches: Path | None = None
     """identify's matches.json the decisions answer: its proposals are logged with them (for evaluate)"""
     wait: bool = False
-    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
+    """when another build, apply or calibrate is writing to the catalogue, wait for it to end, not stop"""
 
 
 def apply(options: ApplyOptions) -> int:
@@ -391,7 +391,7 @@ class CalibrateOptions(Options):
     accept: float | None = None
     """P at or above which a verdict is match (default: the current calibration's)"""
     wait: bool = False
-    """when another build or apply is writing to the catalogue, wait for it to end instead of stopping"""
+    """when another build, apply or calibrate is writing to the catalogue, wait for it to end, not stop"""
 
 
 def calibrate(options: CalibrateOptions) -> int:

@@ -30,8 +30,8 @@ MODEL_KINDS = ("checkpoint", "backbone")
 
 #: what a user is told to do when a catalogue it wants to change is read-only
 READ_ONLY_HINT = (
-    "build and apply change it (info, log, identify and captures only read it): make the file and its folder "
-    "writable, or work on a copy"
+    "build, apply and calibrate change it (info, log, identify, captures and evaluate only read it): make "
+    "the file and its folder writable, or work on a copy"
 )
 
 
