@@ -178,7 +178,7 @@ def expected_csv(lineup: Lineup, decisions: dict[str, tuple[str, str, str]]) -> 
             continue
         decision, identity, note = decisions[folder]
         for photo in query["photos"]:
-            cells = [photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO, query["id"]]
+            cells = [photo["path"], query["encounter"], decision, identity, note, CLOCK_ISO, str(query["id"])]
             writer.writerow([spreadsheet_text(cell) for cell in cells])
     return buffer.getvalue()
 

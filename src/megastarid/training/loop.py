@@ -35,7 +35,7 @@ from megastarid.training.config import TrainConfig
 from megastarid.training.distributed import cluster_options, fabric_options, srun_tasks
 from megastarid.training.recorder import RunRecorder
 from megastarid.training.runfolder import check_run_folder
-from megastarid.training.signals import StopRequest, leave_signals_to_main
+from megastarid.training.signals import StopRequest, leave_signals_to_main, workers_started_deaf
 from megastarid.training.state import EpochTally, RunState
 from megastarid.training.step import Trainer
 from megastarid.training.tasks import TrainTask
@@ -165,7 +165,8 @@ class _Run:
         self.sampler.set_epoch(epoch)
         self.batches.skip = done
         torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.fabric.global_rank))
-        batches = iter(self.loader)  # the loader draws its base seed from the generator seeded just now
+        with workers_started_deaf():  # the loader draws its base seed from the generator seeded just now
+            batches = iter(self.loader)
         if not done:
             return batches, EpochTally.zero(self.fabric.device), 0
         assert self.state.partial is not None

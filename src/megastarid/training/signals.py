@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,27 @@ class StopRequest:
             signal.raise_signal(self._signum)
 
 
+#: the signals a job scheduler or Ctrl-C sends the whole process group
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def leave_signals_to_main(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT/SIGTERM: a job scheduler or Ctrl-C signals the whole process group,
-    and a worker dying of it would crash the main process before it can save ``last.pth``."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    and a worker dying of it would crash the main process before it can save ``last.pth``. The workers are
+    started with these signals blocked (``workers_started_deaf``), so one that arrives before this runs stays
+    pending and is then dropped as ignored."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def workers_started_deaf() -> Iterator[None]:
+    """Block SIGINT/SIGTERM while DataLoader workers are started: a worker inherits the mask, so a signal to
+    the process group in the moment between its start and ``leave_signals_to_main`` cannot kill it. The main
+    process gets a signal that came meanwhile as soon as the mask is lifted."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
