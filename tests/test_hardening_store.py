@@ -26,6 +26,7 @@ import torch
 from conftest import make_star_tree, write_image
 from megastarid import cli
 from megastarid.core.errors import UserError
+from megastarid.core.locks import take_lock
 from megastarid.data.readers import read_star_tree
 from megastarid.identification.build import build_catalogue
 from megastarid.identification.lineup import DECISION_COLUMNS
@@ -191,17 +192,19 @@ def test_a_killed_writer_leaves_no_stale_lock(world: World) -> None:
 
 @pytest.mark.slow
 def test_two_builds_started_together(world: World) -> None:
-    """Two real builds of one new catalogue: one builds it, the other is refused in one line, or with
-    --wait builds after it (finding nothing left to embed)."""
+    """While another process writes the catalogue (it holds the writer's lock), a real build is refused in one
+    line naming that pid; two real builds started together with --wait both finish, one after the other
+    (the second finding nothing left to embed)."""
     world.catalogue.unlink()
     command = [sys.executable, "-m", "megastarid.catalogue", *world.build_argv()[1:], "--commit-every", "2"]
-    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
-    results = sorted((p.wait(timeout=300), p.communicate()[1], p.pid) for p in both)
-    (first, _, _), (second, err, _) = results
-    assert (first, second) == (0, 2), results
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "is busy" in lines[0] and f"pid {results[0][2]}" in lines[0], err
+    held = take_lock(world.catalogue.with_name(world.catalogue.name + "-lock"))
+    try:
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        os.close(held)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2, refused.stderr
+    assert len(lines) == 1 and "is busy" in lines[0] and f"pid {os.getpid()}" in lines[0], refused.stderr
     waiting = [subprocess.Popen([*command, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for _ in range(2)]  # fmt: skip
     assert [p.wait(timeout=300) for p in waiting] == [0, 0], [p.communicate()[1] for p in waiting]
